@@ -1,0 +1,1 @@
+"""The training engine: options, the loop, checkpoints, logging, multi-GPU."""

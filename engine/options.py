@@ -1,0 +1,214 @@
+"""The options file: published keys and defaults (SPEC section 6), plus ours, validated in one place.
+
+Every key has a default, a type and (where it matters) a range. A file written for the published
+code runs unchanged; a typo is an error that names the closest valid key, never silently ignored.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+class OptionsError(ValueError):
+    """A bad options file or override: one line that says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    kind: str  # 'int', 'float', 'bool', 'str', 'int_list'
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""  # what `check` demands, for the error message
+    nullable: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _unit(v: Any) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+POS, NONNEG, UNIT = (_positive, "must be > 0"), (_non_negative, "must be >= 0"), (_unit, "must be in [0, 1]")
+
+SCHEMA: dict[str, Any] = {
+    "student_model": Field("resnet20", "str"),
+    "teacher_model": Field("resnet56", "str"),
+    "gpu": Field(0, "int", *NONNEG, nullable=True),
+    "dataset": Field("cifar100", "str", choices=("cifar100", "imagenet")),
+    "data_folder": Field("./data_cifar100", "str"),
+    "download": Field(True, "bool"),
+    "batch_size": Field(64, "int", *POS),
+    "num_workers": Field(8, "int", *NONNEG),
+    "start_epoch": Field(0, "int", lambda v: v == 0,
+                         "is kept for the published files and must be 0; to continue a run set path.resume"),
+    "epochs": Field(240, "int", *POS),
+    "learning_rate": Field(0.05, "float", *POS),
+    "lr_decay_epochs": Field([150, 180, 210], "int_list", lambda v: all(e > 0 for e in v),
+                             "must be a list of positive epochs"),
+    "lr_decay_rate": Field(0.1, "float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "weight_decay": Field(5e-4, "float", *NONNEG),
+    "momentum": Field(0.9, "float", *UNIT),
+    "print_freq": Field(300, "int", *POS),
+    "path": {
+        "resume": Field(None, "str", nullable=True),
+        "teacher": Field("./t_model/resnet56/ckpt_epoch_240.pth", "str", nullable=True),
+    },
+    "cocord": {
+        "T": Field(0.10, "float", *POS),
+        "key_size": Field(2048, "int", *POS),
+        "momentum": Field(0.999, "float", *UNIT),
+        "b_momentum": Field(0.9, "float", *UNIT),
+        "pred_dim": Field(512, "int", *POS),
+        "hidden_dim": Field(2048, "int", *POS),
+        "embedding_dim": Field(2048, "int", *POS),
+    },
+    "distill": Field("cocord", "str"),  # checked against the method registry by the trainer
+    "seed": Field(None, "int", *NONNEG, nullable=True),
+    "pin_memory": Field(True, "bool"),
+    "loss_ctr": Field(1.0, "float", *NONNEG),
+    "loss_cls": Field(1.0, "float", *NONNEG),
+    "loss_pred": Field(4.0, "float", *NONNEG),
+    "loss_kd": Field(0.0, "float", *NONNEG),
+    "kd_T": Field(4.0, "float", *POS),
+    "n_cls": Field(100, "int", *POS),
+    "experiments_dir": Field("experiments", "str"),
+    "sync_bn": Field(False, "bool"),
+    "speed": {
+        # auto: the GPU loader on a GPU, torchvision's loader on the CPU.
+        "loader": Field("auto", "str", choices=("auto", "gpu", "torchvision")),
+        "cuda_graph": Field(True, "bool"),
+        "compile": Field(False, "bool"),
+        "channels_last": Field(True, "bool"),
+        "streams": Field(True, "bool"),
+        "amp": Field(False, "bool"),  # bf16 autocast: changes the maths, so only when asked
+    },
+}
+
+
+def defaults() -> dict[str, Any]:
+    def walk(node: dict[str, Any]) -> dict[str, Any]:
+        return {k: walk(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in node.items()}
+    return walk(SCHEMA)
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
+
+
+def _coerce(where: str, field: Field, value: Any) -> Any:
+    """Type-check one value. YAML 1.1 reads `5e-4` as a string, so floats may arrive as text."""
+    if value is None:
+        if field.nullable:
+            return None
+        raise OptionsError(f"option '{where}' must not be empty (null); the default is {field.default!r}")
+    kind = field.kind
+    if kind == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "int_list": isinstance(value, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in value),
+    }[kind]
+    if not ok:
+        want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                "int_list": "a list of integers"}[kind]
+        raise OptionsError(f"option '{where}' must be {want}, got {value!r}")
+    if kind == "float":
+        value = float(value)
+        if not math.isfinite(value):
+            raise OptionsError(f"option '{where}' must be a finite number, got {value!r}")
+    if field.choices and value not in field.choices:
+        raise OptionsError(f"option '{where}' must be one of {', '.join(field.choices)}, got {value!r}")
+    if field.check and not field.check(value):
+        raise OptionsError(f"option '{where}' {field.rule}, got {value!r}")
+    return value
+
+
+def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any) -> None:
+    if not isinstance(given, dict):
+        raise OptionsError(f"option '{where or 'file'}' must be a mapping of keys, got {given!r}")
+    for key, value in given.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in schema:
+            raise OptionsError(f"unknown option '{full}'{_closest(str(key), list(schema))}")
+        node = schema[key]
+        if isinstance(node, dict):
+            _merge(full, node, base[key], {} if value is None else value)
+        else:
+            base[key] = _coerce(full, node, value)
+
+
+def _check_relations(opt: dict[str, Any]) -> None:
+    if opt["distill"] == "cocord" and opt["cocord"]["key_size"] < opt["batch_size"]:
+        raise OptionsError(
+            f"cocord.key_size ({opt['cocord']['key_size']}) is smaller than batch_size ({opt['batch_size']}): "
+            "one batch of keys must fit in the queue; raise key_size or lower batch_size")
+    decay = opt["lr_decay_epochs"]
+    if decay != sorted(decay):
+        raise OptionsError(f"option 'lr_decay_epochs' must be increasing, got {decay}")
+
+
+def build_options(given: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
+    """Defaults, then the file's values, then `key.sub=value` overrides; all validated."""
+    opt = defaults()
+    _merge("", SCHEMA, opt, given)
+    _merge("", SCHEMA, opt, parse_overrides(overrides))
+    _check_relations(opt)
+    return opt
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`cocord.T=0.07 epochs=10` -> nested mapping; values are read as YAML (lists, null, true)."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise OptionsError(f"override '{item}' must look like key=value (e.g. cocord.T=0.07)")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise OptionsError(f"override '{item}' conflicts with another override of '{part}'")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_options(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise OptionsError(f"options file {path} not found; start from options/train_student.yml")
+    try:
+        given = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise OptionsError(f"options file {path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+    return build_options(given or {}, overrides)
+
+
+def dump_options(opt: dict[str, Any], path: Path) -> None:
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
