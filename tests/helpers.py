@@ -1,0 +1,78 @@
+"""Shared test helpers: the fixtures' deterministic weight rule, the reference input, CRD-style saves."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from functools import lru_cache
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from conftest import FIXTURES
+
+
+@lru_cache(maxsize=None)
+def architectures_fixture() -> dict[str, Any]:
+    """The parsed fixtures/architectures.json (read once per session)."""
+    with open(FIXTURES / "architectures.json") as f:
+        return json.load(f)
+
+
+def fixture_weight(key: str, shape: Sequence[int], salt: int = 0) -> Tensor:
+    """The value fixtures/README.md assigns to state_dict entry `key` (float32).
+
+    `salt` is the JSON's "salt" field (0), used as crc32's start value; 0 is plain crc32 as the README says.
+    """
+    shape = tuple(int(s) for s in shape)
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode(), salt))
+    z = torch.randn(shape, generator=g, dtype=torch.float64)
+    last = key.rsplit(".", 1)[-1]
+    if last == "num_batches_tracked":
+        value = torch.zeros(shape, dtype=torch.float64)
+    elif last == "running_var":
+        value = 1 + 0.1 * z.abs()
+    elif last in ("running_mean", "bias"):
+        value = 0.1 * z
+    elif len(shape) == 1:  # BatchNorm weight
+        value = 1 + 0.1 * z
+    else:  # conv / linear weight
+        value = z * math.sqrt(2 / math.prod(shape[1:]))
+    return value.float()
+
+
+@torch.no_grad()
+def fill_by_fixture_rule(model: nn.Module, salt: int = 0) -> nn.Module:
+    """Overwrite every state_dict entry (parameters and buffers) with `fixture_weight`; returns the model."""
+    for key, tensor in model.state_dict().items():
+        tensor.copy_(fixture_weight(key, tensor.shape, salt))
+    return model
+
+
+def reference_input() -> Tensor:
+    """The fixtures' 4 x 3 x 32 x 32 input."""
+    seed = architectures_fixture()["input_seed"]
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
+
+
+def save_crd_checkpoint(model: nn.Module, path: str | os.PathLike[str], epoch: int = 240,
+                        best_acc: float = 73.5) -> None:
+    """Save as RepDistiller's train_teacher.py does: {'epoch', 'model', 'best_acc', 'optimizer'}."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    torch.save(
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "best_acc": torch.tensor(best_acc),  # CRD stores the meter's average, a tensor
+            "optimizer": optimizer.state_dict(),
+        },
+        path,
+    )
+
+
+def rel_err(ours: Tensor, ref: Tensor) -> float:
+    """max|ours - ref| / max|ref|, the fixtures' per-tensor comparison."""
+    ref = ref.to(ours.dtype)
+    return ((ours - ref).abs().max() / ref.abs().max()).item()

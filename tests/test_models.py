@@ -1,0 +1,315 @@
+"""The model zoo against the reference fixtures, and checkpoint loading (formats, mismatches, unsafe files)."""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import models
+from helpers import (
+    architectures_fixture,
+    fill_by_fixture_rule,
+    reference_input,
+    rel_err,
+    save_crd_checkpoint,
+)
+from models import CRD_CIFAR_MODELS, CheckpointError, ZooModel, build_model, identify_architecture, load_teacher
+from models.checkpoint import _signature, match_architectures, read_state_dict
+
+FIX = architectures_fixture()
+ARCHS = FIX["architectures"]
+NUM_CLASSES = FIX["num_classes"]
+IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@lru_cache(maxsize=None)
+def filled(name: str) -> ZooModel:
+    """A model with the fixture weights (built once; tests that change it must copy it)."""
+    return fill_by_fixture_rule(build_model(name, NUM_CLASSES), FIX["salt"])
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert msg and "\n" not in msg, f"not one line: {msg!r}"
+    return msg
+
+
+def test_registry_lists_the_crd_zoo():
+    assert tuple(ARCHS) == CRD_CIFAR_MODELS
+    assert set(CRD_CIFAR_MODELS) | set(IMAGENET) == set(models.model_dict)
+
+
+@pytest.mark.parametrize("name", CRD_CIFAR_MODELS)
+def test_state_dict_params_and_feature_dim(name, capsys):
+    model = build_model(name, NUM_CLASSES)
+    assert capsys.readouterr().out == ""  # constructors stay quiet
+    ref = ARCHS[name]
+    ours = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    assert ours == ref["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == ref["params"]
+    assert isinstance(model.feature_dim, int) and model.feature_dim == ref["feature_dim"]
+
+
+def _layer_facts(module: nn.Module) -> dict:
+    """The fixture's description of a Conv2d / Linear / BatchNorm / pooling module."""
+    t = type(module).__name__
+    if isinstance(module, nn.Conv2d):
+        return dict(type=t, **{"in": module.in_channels}, out=module.out_channels, kernel=list(module.kernel_size),
+                    stride=list(module.stride), padding=list(module.padding), groups=module.groups,
+                    bias=module.bias is not None)
+    if isinstance(module, nn.Linear):
+        return dict(type=t, **{"in": module.in_features}, out=module.out_features)
+    if isinstance(module, nn.BatchNorm2d):
+        return dict(type=t, features=module.num_features, eps=module.eps, momentum=module.momentum)
+    return dict(type=t, repr=repr(module))
+
+
+LAYER_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+
+
+@pytest.mark.parametrize("name", CRD_CIFAR_MODELS)
+def test_layers_match_fixture(name):
+    model = filled(name)
+    ref = {layer["name"]: {k: v for k, v in layer.items() if k != "name"} for layer in ARCHS[name]["layers"]}
+    ours = {n: _layer_facts(m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    assert list(ours) == list(ref)  # no extra or missing layers (functional pools stay functional)
+    for layer_name, facts in ref.items():
+        assert ours[layer_name] == facts, layer_name
+    if name == "MobileNetV2":  # its repr hides ceil_mode
+        assert model.avgpool.ceil_mode
+
+
+@pytest.mark.parametrize("name", CRD_CIFAR_MODELS)
+def test_train_mode_outputs_match_fixture(name):
+    model = filled(name).train()
+    ref = ARCHS[name]
+    x = reference_input()
+    with torch.no_grad():
+        features, logits = model(x, with_features=True)
+        logits_only = model(x)
+    assert features.shape == (4, ref["feature_dim"]) and logits.shape == (4, NUM_CLASSES)
+    assert rel_err(logits, torch.tensor(ref["train_mode_logits"])) < 1e-4
+    assert rel_err(features.sum(1), torch.tensor(ref["train_mode_features_sum"])) < 1e-4
+    assert rel_err(features[:, :8], torch.tensor(ref["train_mode_features_first8"])) < 1e-4
+    assert torch.allclose(logits_only, logits, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(model.classify(features), logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"])
+def test_channels_last_gives_the_same_outputs(name):
+    model = filled(name).eval()
+    x = reference_input()
+    with torch.no_grad():
+        ref_f, ref = model(x, with_features=True)
+        cl = model.to(memory_format=torch.channels_last)
+        f, out = cl(x.to(memory_format=torch.channels_last), with_features=True)
+        model.to(memory_format=torch.contiguous_format)
+    assert rel_err(out, ref) < 1e-5 and rel_err(f, ref_f) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "ShuffleV1", "ShuffleV2"])
+def test_traces_as_one_graph(name):
+    """torch.compile(fullgraph=True) fails on any graph break (data-dependent control flow, host syncs)."""
+    model = build_model(name, 10).train()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    f, logits = compiled(x, with_features=True)
+    assert f.shape == (2, model.feature_dim) and logits.shape == (2, 10)
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(ValueError) as err:
+        build_model("resnet2O")
+    msg = one_line(err)
+    assert "did you mean 'resnet20'?" in msg and "resnet32x4" in msg and "ShuffleV2" in msg
+    with pytest.raises(ValueError, match="did you mean 'MobileNetV2'"):
+        build_model("mobilenetv2")
+
+
+def _assert_teacher_equals(teacher: ZooModel, model: ZooModel) -> None:
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    x = reference_input()
+    with torch.no_grad():
+        expected = model.eval()(x, with_features=True)
+        got = teacher(x, with_features=True)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "ShuffleV2"])
+def test_crd_checkpoint_round_trip(name, tmp_path):
+    model = filled(name)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    save_crd_checkpoint(model, path)
+    _assert_teacher_equals(load_teacher(path, name, NUM_CLASSES), model)
+
+
+@pytest.mark.parametrize("layout", ["s_model_dict", "bare", "module_prefix", "crd_accuracy", "numpy_accuracy"])
+def test_other_checkpoint_layouts_load(layout, tmp_path):
+    model = filled("resnet14")
+    sd = model.state_dict()
+    obj = {
+        "s_model_dict": {"s_model_dict": sd, "epoch": 240},
+        "bare": sd,
+        "module_prefix": {"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3},
+        "crd_accuracy": {"epoch": 240, "model": sd, "accuracy": torch.tensor(70.1)},
+        "numpy_accuracy": {"epoch": 240, "model": sd, "accuracy": np.float64(70.1), "step": np.int64(3)},
+    }[layout]
+    torch.save(obj, tmp_path / "x.pth")
+    _assert_teacher_equals(load_teacher(tmp_path / "x.pth", "resnet14", NUM_CLASSES), model)
+
+
+def test_wrong_architecture_names_what_the_file_is(tmp_path):
+    path = tmp_path / "teacher.pth"
+    save_crd_checkpoint(build_model("resnet32x4"), path)
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(path, "resnet56", 100)
+    msg = one_line(err)
+    assert "is a resnet32x4" in msg and "resnet56" in msg and "teacher_model: resnet32x4" in msg
+
+
+def test_wrong_class_count_is_named(tmp_path):
+    path = tmp_path / "teacher.pth"
+    save_crd_checkpoint(build_model("resnet8x4", 10), path)
+    assert match_architectures(read_state_dict(path)) == [("resnet8x4", 10)]
+    with pytest.raises(CheckpointError, match="resnet8x4 with 10 classes, but 100 classes"):
+        load_teacher(path, "resnet8x4", 100)
+    with pytest.raises(CheckpointError, match="is a resnet8x4 with 10 classes, but the options say resnet20"):
+        load_teacher(path, "resnet20", 100)
+
+
+def test_no_zoo_match_shows_keys(tmp_path):
+    sd = build_model("resnet8").state_dict()
+    sd.pop("fc.bias")
+    sd["extra.weight"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(tmp_path / "odd.pth", "resnet8", 100)
+    msg = one_line(err)
+    assert "matches no model" in msg and "fc.bias" in msg and "extra.weight" in msg
+
+
+def test_identify_every_entry_quickly():
+    state_dicts = {}
+    for name in models.model_dict:
+        with torch.device("meta"):
+            state_dicts[name] = build_model(name, 100).state_dict()
+    _signature.cache_clear()  # time the cold path: every signature is built once
+    start = time.perf_counter()
+    found = {name: identify_architecture(sd, 100) for name, sd in state_dicts.items()}
+    assert time.perf_counter() - start < 2.0
+    assert found == {name: [name] for name in state_dicts}
+    assert identify_architecture(state_dicts["resnet8"], 10) == []
+    assert identify_architecture(state_dicts["resnet8"], None) == ["resnet8"]
+
+
+def test_missing_file_says_how_to_get_a_teacher(tmp_path):
+    path = tmp_path / "nope" / "ckpt_epoch_240.pth"
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(path, "resnet56", 100)
+    msg = one_line(err)
+    assert str(path) in msg and "options/train_teacher.yml" in msg and "scripts/fetch_teachers.py" in msg
+
+
+def test_unknown_arch_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="did you mean 'resnet56'"):
+        load_teacher(tmp_path / "x.pth", "resnet65", 100)
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("garbage", "is not a PyTorch checkpoint"),
+        ("truncated", "damaged or truncated"),
+        ("empty", "is empty"),
+        ("list", "holds a list"),
+        ("no_state_dict", "holds no state_dict"),
+    ],
+)
+def test_unreadable_files_give_clear_errors(kind, expected, tmp_path):
+    path = tmp_path / "bad.pth"
+    if kind == "garbage":
+        path.write_bytes(bytes((i * 37 + 11) % 256 for i in range(4096)))
+    elif kind == "truncated":
+        save_crd_checkpoint(build_model("resnet8"), path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "list":
+        torch.save([torch.zeros(2)], path)
+    else:
+        torch.save({"epoch": 240, "best_acc": 70.0}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(path, "resnet8", 100)
+    assert expected in one_line(err)
+
+
+class _RunsShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _WritesFile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("variant", ["torch_save_os_system", "pickle_builtin_open"])
+def test_malicious_pickle_is_refused_and_never_run(variant, tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    if variant == "torch_save_os_system":
+        torch.save({"model": _RunsShell(marker), "epoch": 1}, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({"model": _WritesFile(marker)}, f, protocol=2)
+        # Control: the file really is live (plain pickle runs it).
+        with open(path, "rb") as f:
+            pickle.load(f)["model"].close()
+        assert marker.exists()
+        marker.unlink()
+    with pytest.raises(CheckpointError) as err:
+        load_teacher(path, "resnet8", 100)
+    assert "refused as unsafe" in one_line(err)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_keys_equal_torchvision(name):
+    with torch.device("meta"):
+        ours = build_model(name, 10).state_dict()
+        theirs = getattr(torchvision.models, name)(weights=None, num_classes=10).state_dict()
+    assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in theirs.items()]
+
+
+@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet50", 2048)])
+def test_imagenet_features(name, dim):
+    model = build_model(name, 10).eval()
+    with torch.no_grad():
+        f, logits = model(torch.randn(2, 3, 32, 32), with_features=True)
+    assert model.feature_dim == dim and f.shape == (2, dim) and logits.shape == (2, 10)
+
+
+def test_torchvision_checkpoint_loads_as_teacher(tmp_path):
+    tv = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    teacher = load_teacher(tmp_path / "r18.pth", "resnet18", 10)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(teacher(x), tv(x))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
