@@ -1,0 +1,50 @@
+"""ImageNet loaders (ImageFolder `train/` and `val/`), same item structure as MultiViewCIFAR."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets, transforms
+
+from .cifar import DataError
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .views import MultiViewTransform, seed_worker
+
+
+def _image_folder(root: Path, transform: Callable) -> datasets.ImageFolder:
+    if not root.is_dir():
+        raise DataError(f"ImageNet folder not found: expected {root} with one sub-folder of images per class")
+    try:
+        return datasets.ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as err:  # e.g. no class folders / no images
+        raise DataError(f"cannot use {root} as an ImageFolder: {' '.join(str(err).split())}") from None
+
+
+def build_imagenet_loaders(
+    data_folder: str,
+    batch_size: int,
+    n_views: int,
+    num_workers: int,
+    pin_memory: bool,
+    sampler_factory: Optional[Callable[[Dataset], Optional[Sampler]]] = None,
+) -> Tuple[DataLoader, DataLoader]:
+    """Train: `(views, label)` with n_views RandomResizedCrop(224)+flip views; val: `(image, label)`.
+
+    `sampler_factory(dataset)` may return a sampler (e.g. DistributedSampler) for either split;
+    the train loader then does not shuffle by itself.
+    """
+    root = Path(data_folder).expanduser()
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_view = transforms.Compose([
+        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
+    ])
+    val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize])
+    train_set = _image_folder(root / "train", MultiViewTransform(train_view, n_views))
+    val_set = _image_folder(root / "val", val_tf)
+    train_sampler = sampler_factory(train_set) if sampler_factory else None
+    val_sampler = sampler_factory(val_set) if sampler_factory else None
+    common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=seed_worker)
+    train_loader = DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler, drop_last=False, **common)
+    val_loader = DataLoader(val_set, shuffle=False, sampler=val_sampler, drop_last=False, **common)
+    return train_loader, val_loader
