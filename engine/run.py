@@ -89,7 +89,8 @@ def run(options_path: str, trial: int, overrides: list[str], resume: bool, quiet
     method_cls = METHODS[opt["distill"]]
     for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
         try:
-            build_model(opt[key], opt["n_cls"], device="meta")
+            with torch.device("meta"):  # the name check alone: nothing allocated
+                build_model(opt[key], opt["n_cls"])
         except ValueError as err:
             raise OptionsError(f"option '{key}': {err}") from None
     device = select_device(opt, progress_say)
