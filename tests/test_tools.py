@@ -1,0 +1,189 @@
+"""tools/: the paper's numbers, the generated paper options files, and the results summary."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, SHARED
+from engine.options import load_options
+
+SUMMARIZE = ROOT / "tools" / "summarize.py"
+PAPER = ROOT / "tools" / "paper_results.yml"
+COCORD = "S_resnet20_T_resnet56_cifar100_cocord_ctr1.0cls1.0p4.0"
+
+
+def paper_entries() -> list[dict]:
+    return [e for entries in yaml.safe_load(PAPER.read_text()).values() for e in entries]
+
+
+def write_run(root: Path, exp: str, trial: str, opts: dict, results: dict | str) -> Path:
+    folder = root / exp / trial
+    folder.mkdir(parents=True)
+    (folder / "options.yml").write_text(yaml.safe_dump(opts))
+    text = results if isinstance(results, str) else json.dumps(results)
+    (folder / "results.json").write_text(text)
+    return folder
+
+
+def result(student: str, teacher: str, distill: str, best: float, last: float, teacher_acc: float | None,
+           finished: bool = True, last_epoch: int = 240) -> dict:
+    res = {"finished": finished, "best_acc": best, "best_epoch": 230, "last_acc": last, "last_epoch": last_epoch,
+           "last_top5": 91.0, "student_model": student, "teacher_model": teacher, "distill": distill,
+           "epochs": 240, "history": [{"epoch": last_epoch, "lr": 5e-5, "val_top1": last}]}
+    if teacher_acc is not None:
+        res["teacher_acc"] = teacher_acc
+    return res
+
+
+def opts(student: str, teacher: str, distill: str, loss_kd: float = 0.0) -> dict:
+    return {"student_model": student, "teacher_model": teacher, "distill": distill, "loss_kd": loss_kd,
+            "dataset": "cifar100", "epochs": 240, "learning_rate": 0.05, "loss_ctr": 1.0, "loss_cls": 1.0,
+            "loss_pred": 4.0, "cocord": {"T": 0.1, "key_size": 2048}}
+
+
+# 3 trials of resnet56 -> resnet20 (CoCoRD), chosen so the means and stds are not round numbers.
+R20_BEST, R20_LAST = [71.61, 71.93, 71.20], [71.40, 71.88, 71.07]
+
+
+def make_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "experiments"
+    for i, (b, l) in enumerate(zip(R20_BEST, R20_LAST), 1):
+        write_run(root, COCORD, f"trial_{i}", opts("resnet20", "resnet56", "cocord"),
+                  result("resnet20", "resnet56", "cocord", b, l, 72.34))
+    write_run(root, COCORD, "trial_4", opts("resnet20", "resnet56", "cocord"),
+              result("resnet20", "resnet56", "cocord", 60.0, 59.0, 72.34, finished=False, last_epoch=37))
+    write_run(root, COCORD, "trial_1_archived_261126-101010", opts("resnet20", "resnet56", "cocord"),
+              result("resnet20", "resnet56", "cocord", 10.0, 10.0, 72.34))
+    write_run(root, COCORD, "trial_5", opts("resnet20", "resnet56", "cocord"), '{"finished": true, "best_a')
+    write_run(root, "S_vgg8_T_vgg13_cifar100_cocord_ctr1.0cls1.0p4.0", "trial_1", opts("vgg8", "vgg13", "cocord"),
+              result("vgg8", "vgg13", "cocord", 74.10, 73.85, 74.60))
+    write_run(root, COCORD + "kd1.0", "trial_1", opts("resnet20", "resnet56", "cocord", loss_kd=1.0),
+              result("resnet20", "resnet56", "cocord", 72.30, 72.15, 72.34))
+    write_run(root, "resnet56_cifar100_vanilla", "trial_1", opts("resnet56", "resnet56", "none"),
+              result("resnet56", "resnet56", "none", 72.50, 72.41, None))
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path)
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SUMMARIZE), *args], capture_output=True, text=True, timeout=30)
+
+
+def table_rows(out: str) -> dict[tuple[str, str], list[str]]:
+    """(pair, method) -> the row's numeric cells; pairs contain ' -> ', so split on 2+ spaces."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().split("  ") if c.strip()]
+        if len(cells) == 11 and cells[1] in ("cocord", "cocord+kd", "kd", "vanilla"):
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def close(cell: str, value: float) -> bool:
+    return math.isclose(float(cell), value, abs_tol=0.0051)
+
+
+def sample_std(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_summary_table(tree: Path) -> None:
+    proc = run_tool(str(tree))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    rows = table_rows(out)
+    assert set(rows) == {("resnet56 -> resnet20", "cocord"), ("resnet56 -> resnet20", "cocord+kd"),
+                         ("vgg13 -> vgg8", "cocord"), ("resnet56", "vanilla")}, out
+
+    setting, n, best, best_sd, last, last_sd, teacher, paper, diff = rows[("resnet56 -> resnet20", "cocord")]
+    assert (setting, n) == ("-", "3")  # the unfinished, archived and corrupt trials are not averaged
+    assert close(best, sum(R20_BEST) / 3) and close(best_sd, sample_std(R20_BEST))
+    assert close(last, sum(R20_LAST) / 3) and close(last_sd, sample_std(R20_LAST))
+    assert close(teacher, 72.34) and paper == "71.74" and close(diff, sum(R20_LAST) / 3 - 71.74)
+
+    _, n, best, best_sd, last, last_sd, _, paper, diff = rows[("vgg13 -> vgg8", "cocord")]
+    assert n == "1" and best_sd == "-" and last_sd == "-" and close(last, 73.85) and paper == "73.99"
+    assert close(diff, 73.85 - 73.99)
+    assert rows[("resnet56 -> resnet20", "cocord+kd")][7] == "72.09"  # the paper's cocord_kd
+    vanilla = rows[("resnet56", "vanilla")]
+    assert vanilla[6] == "-" and vanilla[7] == "72.34" and close(vanilla[8], 72.41 - 72.34)  # teacher_acc
+
+    unfinished = out.split("Unfinished runs")[1].split("Unreadable runs")[0]
+    assert "trial_4" in unfinished and "epoch 37/240" in unfinished
+    assert "trial_5" in out.split("Unreadable runs")[1]
+    assert "1 archived trial folder(s) skipped" in out
+
+
+def test_summary_json(tree: Path) -> None:
+    proc = run_tool(str(tree), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["archived_skipped"] == 1
+    assert [Path(r["path"]).name for r in data["unfinished"]] == ["trial_4"]
+    assert [Path(r["path"]).name for r in data["unreadable"]] == ["trial_5"]
+    group = next(g for g in data["groups"] if g["method"] == "cocord" and g["student"] == "resnet20")
+    assert group["n"] == 3 and math.isclose(group["last_std"], sample_std(R20_LAST))
+
+
+def test_importable_without_torch(tree: Path) -> None:
+    code = ("import sys; sys.path.insert(0, 'tools'); import summarize; "
+            f"runs = summarize.collect_runs({str(tree)!r}); assert 'torch' not in sys.modules; "
+            "print(len(runs), summarize.summarize.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "9"
+
+
+@pytest.mark.parametrize("make", [False, True])
+def test_empty_folder_exits_2(tmp_path: Path, make: bool) -> None:
+    root = tmp_path / "experiments"
+    if make:
+        root.mkdir()
+    proc = run_tool(str(root))
+    assert proc.returncode == 2
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
+    assert ("no runs found" if make else "not found") in proc.stderr
+
+
+def test_paper_results_copy() -> None:
+    assert yaml.safe_load(PAPER.read_text()) == yaml.safe_load((SHARED / "paper_results.yml").read_text())
+
+
+def test_paper_options_files() -> None:
+    entries = {(e["teacher"], e["student"]): e for e in paper_entries()}
+    assert len(entries) == 13
+    files = sorted((ROOT / "options" / "paper").glob("*.yml"))
+    assert {f.name for f in files} == {f"{t}_{s}.yml" for t, s in entries}
+    for path in files:
+        opt = load_options(path)
+        pair = (opt["teacher_model"], opt["student_model"])
+        assert pair in entries, path
+        assert opt["path"]["teacher"] == f"./t_model/{pair[0]}/ckpt_epoch_240.pth"
+        assert opt["distill"] == "cocord" and opt["loss_kd"] == 0.0
+        e = entries[pair]
+        assert f"CoCoRD {e['cocord']:.2f}" in path.read_text().splitlines()[0]
+        assert f"CoCoRD+KD {e['cocord_kd']:.2f}" in path.read_text().splitlines()[0]
+    # Everything else is the published template, unchanged.
+    base = load_options(ROOT / "options" / "train_student.yml")
+    for path in files:
+        opt = load_options(path)
+        for key in ("student_model", "teacher_model", "path"):
+            opt.pop(key), base.pop(key, None)
+        assert opt == base, path
+
+
+def test_paper_options_up_to_date() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_paper_options.py"), "--check"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout
