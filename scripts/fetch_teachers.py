@@ -1,0 +1,278 @@
+"""Fetch the pretrained CRD CIFAR-100 teachers and place them where the options files expect them.
+
+    python scripts/fetch_teachers.py [--dest t_model] [--archs resnet56 resnet110 ...]
+                                     [--url URL | --archive cifar_teachers.tar] [--keep-archive] [--force]
+
+RepDistiller's download host is gone; mdistiller republishes the same files as `cifar_teachers.tar`,
+laid out as `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`. Each one is placed as
+`<dest>/<arch>/ckpt_epoch_240.pth` only after it loads strictly as <arch> (see models.load_teacher).
+Exit status: 0 all placed, 1 some teacher failed verification, 2 download/archive/usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # so `python scripts/fetch_teachers.py` works from any directory
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from models import MODEL_REGISTRY, CheckpointError, load_teacher  # noqa: E402
+from models.checkpoint import _numpy_scalars_allowed  # noqa: E402  (same safe-load rules as the zoo)
+
+DEFAULT_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+CKPT_NAME = "ckpt_epoch_240.pth"
+# `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, tolerating a leading `./` or a missing top folder.
+_MEMBER_RE = re.compile(r"^(?:\./)?(?:cifar_teachers/)?([A-Za-z0-9_]+)_vanilla/" + re.escape(CKPT_NAME) + r"$")
+_CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A download/archive/usage problem; the message is one line saying what to do."""
+
+
+class TeachersFailed(FetchError):
+    """Some teachers failed verification (each already reported); the good ones are in `installed`."""
+
+    def __init__(self, failed: list[str], installed: list[Path]) -> None:
+        super().__init__(f"{len(failed)} teacher(s) failed verification and were not installed: {', '.join(failed)}")
+        self.failed, self.installed = failed, installed
+
+
+def _manual_hint(url: str) -> str:
+    return (f"download cifar_teachers.tar by hand from {url} and run "
+            "`python scripts/fetch_teachers.py --archive cifar_teachers.tar`, or train a teacher: "
+            "`python main.py -opt options/train_teacher.yml --set student_model=resnet56`")
+
+
+def _check_known(archs: list[str] | None) -> None:
+    """Fail before a long download if a requested name is not a model of the zoo at all."""
+    unknown = [a for a in archs or [] if a not in MODEL_REGISTRY]
+    if unknown:
+        raise FetchError(f"unknown architecture(s) {', '.join(unknown)}; known: {', '.join(MODEL_REGISTRY)}")
+
+
+def download(url: str, target: Path, timeout: float = 60.0) -> None:
+    """Stream `url` into `target` (which the caller cleans up); FetchError on any network failure."""
+    shown = False
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(target, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done, last = 0, 0.0
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if time.monotonic() - last > 0.5 or done == total:  # throttled progress line
+                    last, shown = time.monotonic(), True
+                    size = f"/{total / 2**20:.1f} MiB ({100 * done / total:.0f}%)" if total else " MiB"
+                    print(f"\rdownloading {url}: {done / 2**20:.1f}{size}", end="", file=sys.stderr, flush=True)
+        if total and done != total:
+            reason = f"connection closed after {done} of {total} bytes"
+        else:
+            return
+    except urllib.error.HTTPError as e:
+        reason = f"HTTP {e.code} {e.reason}"
+    except urllib.error.URLError as e:
+        reason = str(e.reason)
+    except TimeoutError:
+        reason = f"timed out after {timeout:g} s"
+    except Exception as e:  # reset connections, malformed URLs, IncompleteRead ...
+        reason = f"{type(e).__name__}: {e}"
+    finally:
+        if shown:  # end the progress line so the next message starts on its own
+            print(file=sys.stderr)
+    raise FetchError(f"download from {url} failed ({reason}); {_manual_hint(url)}")
+
+
+def _unsafe(member: tarfile.TarInfo, dest: Path) -> str | None:
+    """Why a member must not be trusted, or None. Any such member makes the whole archive suspect."""
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
+        return "absolute path"
+    if ".." in path.parts:
+        return "path outside the archive (..)"
+    if member.issym() or member.islnk():
+        return f"link to {member.linkname!r}"
+    if not (member.isfile() or member.isdir()):
+        return "device or special file"
+    if hasattr(tarfile, "data_filter"):  # the stdlib's own 'data' filter as a second opinion
+        try:
+            tarfile.data_filter(member, str(dest))
+        except tarfile.FilterError as e:
+            return str(e)
+    return None
+
+
+def _recorded_accuracy(path: Path) -> float | None:
+    """The test accuracy CRD saved in the checkpoint ('accuracy' or 'best_acc'), if any."""
+    try:
+        with _numpy_scalars_allowed():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("accuracy", "best_acc", "acc"):
+            if key in obj:
+                return float(obj[key])
+    except Exception:  # only decoration for the report line; the load itself was already verified
+        pass
+    return None
+
+
+def _report_ok(arch: str, path: Path, note: str = "") -> None:
+    acc = _recorded_accuracy(path)
+    acc_text = f" (accuracy {acc:.2f}% as recorded in the file)" if acc is not None else ""
+    print(f"{arch}: ok, {path}{acc_text}{note}", flush=True)
+
+
+def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, target: Path, label: str) -> None:
+    """Extract one member to a temp file beside `target`, verify it, then rename it into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{CKPT_NAME}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            src = tar.extractfile(member)
+            if src is None:
+                raise FetchError(f"{label} is not a regular file")
+            shutil.copyfileobj(src, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            load_teacher(tmp, arch, 100)
+        except CheckpointError as e:  # name the archive member, not our temp file
+            raise CheckpointError(str(e).replace(str(tmp), label)) from None
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str] = "t_model",
+                         archs: list[str] | None = None, force: bool = False) -> list[Path]:
+    """Place the archive's teachers under `dest`, verified; returns the placed paths.
+
+    Raises FetchError for an unreadable/unsafe archive or unknown names (nothing written), and
+    TeachersFailed after reporting each teacher if any of them did not load as its named architecture.
+    """
+    archive, dest = Path(archive), Path(dest)
+    _check_known(archs)
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except FileNotFoundError:
+        raise FetchError(f"archive {archive} does not exist") from None
+    except (tarfile.TarError, EOFError, OSError):
+        with open(archive, "rb") as f:  # a saved error page is the usual culprit: say so
+            html = f.read(512).lstrip().lower().startswith((b"<!doctype", b"<html"))
+        what = "it is an HTML page" if html else "tar, tar.gz, tar.bz2 or tar.xz expected"
+        raise FetchError(f"{archive} is not a readable tar archive ({what}); download cifar_teachers.tar again") from None
+    installed: list[Path] = []
+    failed: list[str] = []
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise FetchError(f"archive {archive} is corrupt or truncated ({e}); download it again") from None
+        found: dict[str, tarfile.TarInfo] = {}
+        for m in members:
+            reason = _unsafe(m, dest)
+            if reason:
+                raise FetchError(f"archive {archive} holds an unsafe member {m.name!r} ({reason}); refusing it")
+            match = _MEMBER_RE.match(m.name)
+            if match and m.isfile():
+                found.setdefault(match.group(1), m)
+        if not found:
+            raise FetchError(f"archive {archive} holds no cifar_teachers/<arch>_vanilla/{CKPT_NAME} files; "
+                             "is it mdistiller's cifar_teachers.tar?")
+        missing = [a for a in archs or [] if a not in found]
+        if missing:
+            raise FetchError(f"teacher(s) {', '.join(missing)} not in {archive}; it has: {', '.join(sorted(found))}")
+
+        created_dest = not dest.exists()
+        for arch in archs or sorted(found):
+            target = dest / arch / CKPT_NAME
+            label = f"{archive}:{found[arch].name}"
+            if target.exists() and not force:
+                try:  # keep a good existing file; replace a bad one
+                    load_teacher(target, arch, 100)
+                    _report_ok(arch, target, " [already present, kept; --force replaces it]")
+                    installed.append(target)
+                    continue
+                except CheckpointError:
+                    pass
+            created_dir = not target.parent.exists()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                _install_one(tar, found[arch], arch, target, label)
+            except (CheckpointError, FetchError, tarfile.TarError, EOFError, OSError) as e:
+                print(f"{arch}: FAILED, {e}; not installed", file=sys.stderr, flush=True)
+                failed.append(arch)
+                if created_dir:  # leave no empty folder behind for a teacher that is not there
+                    shutil.rmtree(target.parent, ignore_errors=True)
+                continue
+            _report_ok(arch, target)
+            installed.append(target)
+        if created_dest and dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+    if failed:
+        raise TeachersFailed(failed, installed)
+    return installed
+
+
+def fetch(url: str = DEFAULT_URL, dest: str | os.PathLike[str] = "t_model", archs: list[str] | None = None,
+          force: bool = False, keep_archive: bool = False, timeout: float = 60.0) -> list[Path]:
+    """Download the archive (to a temp file beside `dest`) and install from it; see install_from_archive."""
+    dest = Path(dest)
+    _check_known(archs)
+    where = dest.resolve().parent
+    fd, tmp_name = tempfile.mkstemp(dir=where if where.is_dir() else None, prefix=".cifar_teachers.", suffix=".tar.part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        download(url, tmp, timeout)
+        archive = tmp
+        if keep_archive:  # renamed only once complete, so a kept archive is never a partial one
+            where.mkdir(parents=True, exist_ok=True)
+            archive = where / "cifar_teachers.tar"
+            shutil.move(tmp, archive)
+            print(f"archive kept as {archive}", file=sys.stderr)
+        return install_from_archive(archive, dest, archs, force)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--dest", default="t_model", help="folder for <arch>/ckpt_epoch_240.pth (default: t_model)")
+    p.add_argument("--archs", nargs="+", metavar="ARCH", help="only these teachers (default: all in the archive)")
+    p.add_argument("--url", default=DEFAULT_URL, help="where to download cifar_teachers.tar from")
+    p.add_argument("--archive", help="a cifar_teachers.tar already on disk (no download)")
+    p.add_argument("--keep-archive", action="store_true", help="keep the downloaded tar beside --dest")
+    p.add_argument("--force", action="store_true", help="replace teachers that are already present and load")
+    p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default: 60)")
+    args = p.parse_args(argv)
+    try:
+        if args.archive:
+            install_from_archive(args.archive, args.dest, args.archs, args.force)
+        else:
+            fetch(args.url, args.dest, args.archs, args.force, args.keep_archive, args.timeout)
+    except TeachersFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except FetchError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing partial was left in place", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
