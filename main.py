@@ -21,9 +21,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from engine.options import OptionsError, load_options
+    try:  # before importing torch: a typo in the options is reported at once
+        opt = load_options(args.opt, args.overrides)
+    except OptionsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from engine.run import USER_ERRORS, TrainingDiverged, run
     try:
-        run(args.opt, args.trial, args.overrides, args.resume, quiet=args.quiet)
+        run(opt, args.trial, args.resume, quiet=args.quiet)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ which generated test data cannot pass; its download helper is used for downloadi
 from __future__ import annotations
 
 import pickle
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -130,17 +131,27 @@ def _download(data_root: Path, folder: Path) -> None:
     from torchvision.datasets import CIFAR100
     from torchvision.datasets.utils import download_and_extract_archive
 
+    created = not data_root.exists()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # torchvision sets none: a silent network would hang the run forever
     try:
         data_root.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(
             url=CIFAR100.url, download_root=str(data_root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
         )
     except Exception as err:  # network down, refused, corrupted archive...: one actionable line
+        partial = data_root / CIFAR100.filename
+        if partial.is_file() and not folder.exists():
+            partial.unlink()
+        if created and data_root.is_dir() and not any(data_root.iterdir()):
+            data_root.rmdir()  # leave nothing behind from a failed attempt
         reason = " ".join(str(err).split()) or type(err).__name__
         raise DataError(
             f"could not download CIFAR-100 ({reason}); put the '{CIFAR_FOLDER}' folder at {folder} "
             f"(unpack {CIFAR100.url} there)"
         ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
     if not folder.is_dir():
         raise DataError(f"the download did not produce {folder}; unpack {CIFAR100.url} into {data_root}")
 

@@ -158,10 +158,9 @@ def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any)
 
 
 def _check_relations(opt: dict[str, Any]) -> None:
-    if opt["distill"] == "cocord" and opt["cocord"]["key_size"] < opt["batch_size"]:
-        raise OptionsError(
-            f"cocord.key_size ({opt['cocord']['key_size']}) is smaller than batch_size ({opt['batch_size']}): "
-            "one batch of keys must fit in the queue; raise key_size or lower batch_size")
+    if opt["distill"] == "kd" and opt["loss_kd"] == 0:
+        raise OptionsError("distill: kd with loss_kd 0 is plain training; set loss_kd "
+                           "(CRD's KD baseline: loss_cls 0.1, loss_kd 0.9, kd_T 4)")
     decay = opt["lr_decay_epochs"]
     if decay != sorted(decay):
         raise OptionsError(f"option 'lr_decay_epochs' must be increasing, got {decay}")

@@ -18,7 +18,7 @@ from distiller import METHODS
 from engine import distributed
 from engine.checkpoint import ResumeError, load_checkpoint, resolve_resume, set_rng_state
 from engine.data import build_data
-from engine.options import OptionsError, dump_options, load_options
+from engine.options import OptionsError, dump_options
 from engine.progress import Progress
 from engine.step import build_optimizer
 from engine.trainer import RunState, Trainer, TrainingDiverged, evaluate
@@ -80,13 +80,17 @@ def _speed_settings(opt: dict[str, Any], device: torch.device) -> dict[str, bool
             "channels_last": gpu and s["channels_last"], "streams": gpu and s["streams"], "amp": s["amp"]}
 
 
-def run(options_path: str, trial: int, overrides: list[str], resume: bool, quiet: bool = False) -> dict[str, Any]:
-    opt = load_options(options_path, overrides)
+def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> dict[str, Any]:
+    """Train as `opt` (from engine.options.load_options) says; returns what results.json holds."""
     rank, world = distributed.setup(opt)
     progress_say = Progress(0, 0, 0, enabled=rank == 0 and not quiet).say
     if opt["distill"] not in METHODS:
         raise OptionsError(f"option 'distill' must be one of {', '.join(sorted(METHODS))}, got {opt['distill']!r}")
     method_cls = METHODS[opt["distill"]]
+    if opt["distill"] == "cocord" and opt["cocord"]["key_size"] < opt["batch_size"] * world:
+        raise OptionsError(f"cocord.key_size ({opt['cocord']['key_size']}) is smaller than the batch "
+                           f"({opt['batch_size']} x {world} process(es)): one batch of keys must fit in the queue; "
+                           "raise key_size or lower batch_size")
     for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
         try:
             with torch.device("meta"):  # the name check alone: nothing allocated

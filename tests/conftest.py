@@ -8,3 +8,27 @@ FIXTURES = SHARED / "fixtures"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> str:
+    """A few images in the real cifar-100-python format (10 classes), read like real data."""
+    from dataset import make_tiny_cifar
+    folder = tmp_path_factory.mktemp("cifar")
+    make_tiny_cifar(str(folder), n_train=100, n_test=40, num_classes=10, seed=0)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A resnet8 with 10 classes saved in CRD's checkpoint layout (random weights)."""
+    import torch
+
+    from helpers import save_crd_checkpoint
+    from models import build_model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth"
+    save_crd_checkpoint(build_model("resnet8", 10), path)
+    return str(path)

@@ -76,3 +76,34 @@ def rel_err(ours: Tensor, ref: Tensor) -> float:
     """max|ours - ref| / max|ref|, the fixtures' per-tensor comparison."""
     ref = ref.to(ours.dtype)
     return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+    """`python main.py ARGS` as a real subprocess in `cwd` (the repository's main.py, not a copy)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def write_yaml(path: str | os.PathLike[str], options: dict[str, Any]) -> str:
+    import yaml
+    with open(path, "w") as f:
+        yaml.safe_dump(options, f, sort_keys=False)
+    return str(path)
+
+
+# Small but complete CoCoRD runs: tiny heads and queue, CPU, a fixed seed.
+TINY_COCORD = {"key_size": 64, "hidden_dim": 32, "embedding_dim": 16, "pred_dim": 8}
+
+
+def tiny_options(data: str, teacher: str | None, **extra: Any) -> dict[str, Any]:
+    options = {"student_model": "resnet8", "teacher_model": "resnet8", "data_folder": data, "download": False,
+               "batch_size": 16, "num_workers": 0, "epochs": 2, "lr_decay_epochs": [1], "print_freq": 5,
+               "gpu": None, "seed": 0, "n_cls": 10, "experiments_dir": "experiments", "cocord": dict(TINY_COCORD),
+               "path": {"teacher": teacher}}
+    options.update(extra)
+    return options
