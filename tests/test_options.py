@@ -1,0 +1,99 @@
+"""The options file, overrides and what a run prints."""
+import io
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from engine.options import OptionsError, build_options, defaults, load_options, parse_overrides
+from engine.progress import Progress
+from helpers import run_main, tiny_options, write_yaml
+
+PUBLISHED = """student_model: resnet20
+teacher_model: resnet56
+gpu: 0
+dataset: cifar100
+data_folder: ./data_cifar100
+batch_size: 64
+num_workers: 8
+start_epoch: 0
+epochs: 240
+learning_rate: 0.05
+lr_decay_epochs: [150, 180, 210]
+lr_decay_rate: 0.1
+weight_decay: 5e-4
+momentum: 0.9
+print_freq: 300
+path:
+  resume: ~
+  teacher: ./t_model/resnet56/ckpt_epoch_240.pth
+cocord:
+  T: 0.10
+  key_size: 2048
+  momentum: 0.999
+  b_momentum: 0.9
+  pred_dim: 512
+  hidden_dim: 2048
+  embedding_dim: 2048
+distill: cocord
+seed: ~
+pin_memory: true
+loss_ctr: 1.0
+loss_cls: 1.0
+loss_pred: 4.0
+n_cls: 100
+"""
+
+
+def test_a_published_options_file_runs_unchanged(tmp_path):
+    path = tmp_path / "published.yml"
+    path.write_text(PUBLISHED)
+    opt = load_options(path)
+    assert opt["weight_decay"] == 5e-4  # YAML 1.1 reads 5e-4 as text; it is still a number
+    assert opt == defaults() == load_options(ROOT / "options" / "train_student.yml")
+
+
+def test_overrides_nest_and_parse_values():
+    opt = build_options({}, ["cocord.T=0.07", "epochs=10", "lr_decay_epochs=[5, 8]", "seed=null", "pin_memory=false"])
+    assert opt["cocord"]["T"] == 0.07 and opt["cocord"]["key_size"] == 2048
+    assert opt["epochs"] == 10 and opt["lr_decay_epochs"] == [5, 8] and opt["seed"] is None
+    assert opt["pin_memory"] is False
+    assert parse_overrides(["path.teacher=a/b.pth"]) == {"path": {"teacher": "a/b.pth"}}
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["epochs"], "key=value"), (["epoch=3"], "did you mean 'epochs'"), (["cocord.T=hot"], "must be a number"),
+    (["cocord=3"], "must be a mapping"), (["lr_decay_epochs=7"], "list of integers"),
+])
+def test_bad_overrides(overrides, words):
+    with pytest.raises(OptionsError, match=words):
+        build_options({}, overrides)
+
+
+def test_overrides_are_recorded_and_progress_is_one_line_per_epoch(tmp_path, tiny_cifar, tiny_teacher):
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
+    done = run_main(["-opt", opt, "--set", "cocord.T=0.07", "epochs=2", "loss_pred=2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    trial = tmp_path / "experiments" / "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p2.0" / "trial_1"
+    recorded = yaml.safe_load((trial / "options.yml").read_text())
+    assert recorded["cocord"]["T"] == 0.07 and recorded["epochs"] == 2 and recorded["loss_pred"] == 2.0
+    epoch_lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"]  # not a terminal: one line per epoch
+    assert "\r" not in done.stdout
+    for line in epoch_lines:
+        assert "img/s" in line and "top1" in line and "left" in line
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal():
+    out = Terminal()
+    progress = Progress(epochs=3, steps_per_epoch=10, batch_size=8, stream=out)
+    progress.start_epoch(1, 0.05)
+    progress.update(5, {"loss": 2.5, "acc_train_top1": 40.0, "images": 40})
+    assert out.getvalue().startswith("\repoch 1/3 [") and "5/10" in out.getvalue() and "img/s" in out.getvalue()
+    progress.end_epoch({"loss": 2.0, "images": 80}, {"loss": 1.0, "top1": 50.0, "top5": 90.0})
+    assert out.getvalue().endswith("\n") and "test loss 1.0000 top1 50.00%" in out.getvalue()

@@ -1,0 +1,37 @@
+"""The fast path's pieces that run on a CPU compute what the plain eager step computes.
+
+bench/equivalence.py feeds both paths the same views made by the on-device augmentation code; on the
+CPU the fast path is channels_last tensors and the foreach moving averages (the CUDA graph and the
+side stream need a GPU: the same script checks them there, see bench/results/). float64, because fp32
+training of a few steps amplifies rounding beyond any useful tolerance (see compare_paths).
+"""
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+from equivalence import compare_paths  # noqa: E402
+
+
+@pytest.mark.parametrize("pair,loss_kd", [("resnet14:resnet8", 0.0), ("resnet8x4:resnet8", 1.0),
+                                          ("wrn_16_2:wrn_16_1", 0.0)])
+def test_fast_path_matches_eager(pair, loss_kd):
+    result = compare_paths(pair, device="cpu", steps=3, batch=8, loss_kd=loss_kd)
+    assert result["max_loss_rel_diff"] < 1e-12
+    assert result["max_state_rel_diff"] < 1e-10, result["worst_entry"]
+    assert result["queue_ptr_equal"]
+
+
+def test_speed_bench_runs_on_the_cpu():
+    """bench/speed.py end to end as a smoke test: one JSON line per pair, with images/s per variant."""
+    import json
+    import subprocess
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--pairs", "resnet8:resnet8",
+                           "--variants", "eager", "eager_gpu", "--steps", "2", "--warmup", "1", "--batch", "8",
+                           "--images", "64", "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["pair"] == "resnet8:resnet8"
+    assert line["eager"]["images_per_s"] > 0 and line["eager_gpu"]["images_per_s"] > 0
