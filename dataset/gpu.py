@@ -182,7 +182,10 @@ class GPULoader:
         labels = self._labels[mine]
         v, m = self.n_views, self.num_samples
         # The whole epoch's augmentation parameters in two RNG calls; each view drawn independently.
-        oy, ox, flip = _draw_params((v, m), self.generator, self.device)
+        # Drawn for all ranks and sliced like the indices, so ranks do not repeat each other's crops.
+        total = m * self.world_size
+        oy, ox, flip = (p[:, self.rank : total : self.world_size]
+                        for p in _draw_params((v, total), self.generator, self.device))
         index = mine.expand(v, m)
         stop = len(self) * self.batch_size if self.drop_last else m
         for start in range(0, stop, self.batch_size):

@@ -17,6 +17,8 @@ from dataset.gpu import GPUTestLoader
 class DeviceBatches:
     """A torchvision DataLoader whose batches are moved to the device (the published CPU path)."""
 
+    sharded = False
+
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device, channels_last: bool):
         self.loader, self.device = loader, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -65,7 +67,9 @@ def build_data(opt: dict, n_views: int, device: torch.device, gpu_loader: bool, 
         sampler = _distributed_sampler_factory(rank, world_size, opt) if world_size > 1 else None
         train, test = build_imagenet_loaders(opt["data_folder"], opt["batch_size"], n_views, opt["num_workers"],
                                              opt["pin_memory"], sampler_factory=sampler)
-        return DeviceBatches(train, device, channels_last), DeviceBatches(test, device, channels_last)
+        test = DeviceBatches(test, device, channels_last)
+        test.sharded = world_size > 1  # each rank a part of the validation set: the trainer sums the totals
+        return DeviceBatches(train, device, channels_last), test
     arrays = load_cifar100(opt["data_folder"], download=opt["download"])
     _check_labels(arrays.train_labels, opt["n_cls"])
     if gpu_loader:

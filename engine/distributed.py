@@ -8,6 +8,7 @@ BatchNorm running statistics are taken from rank 0.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable
 
@@ -43,6 +44,10 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_sum(t: torch.Tensor) -> None:
+    dist.all_reduce(t)
+
+
 def share_seed(opt: dict[str, Any]) -> None:
     """Give every rank rank 0's random state, so that models, heads and queue start identical."""
     if not dist.is_initialized():
@@ -57,15 +62,41 @@ def wrap(method: nn.Module, opt: dict[str, Any], device: torch.device
     """(the module to call in the step, the epoch-end synchronisation), or (None, None) alone."""
     if not dist.is_initialized():
         return None, None
+    # Buffers are not broadcast at each forward: every rank's BatchNorm sees its own batch (SPEC maths).
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+               inspect.signature(nn.parallel.DistributedDataParallel).parameters else {"broadcast_buffers": False})
     ddp = nn.parallel.DistributedDataParallel(
-        method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        method, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
     def sync(meter: DeviceMeter) -> dict[str, Any]:
         for t in (meter.loss_sums, meter.hits, meter.count):
             dist.all_reduce(t)
         dist.all_reduce(meter.first_bad_step, op=dist.ReduceOp.MAX)
-        for buffer in method.buffers():  # BatchNorm statistics (and the already-equal queue)
-            dist.broadcast(buffer, src=0)
+        for module in method.modules():  # BatchNorm statistics saw each rank's own batches
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, src=0)
+        check_identical(method)
         return meter.read()
     return ddp, sync
+
+
+@torch.no_grad()
+def check_identical(method: nn.Module) -> None:
+    """Every rank must hold the same modules and queue; a cheap fingerprint per part, compared."""
+    names = [n for n, _ in method.named_children() if n != "teacher"] + ["queue"]
+    mine = torch.stack([_fingerprint(getattr(method, n)) for n in names]).to(
+        next(method.parameters()).device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    for rank, theirs in enumerate(every):
+        differs = [n for n, a, b in zip(names, mine.tolist(), theirs.tolist()) if a != b]
+        if differs:
+            raise RuntimeError(f"ranks diverged: {', '.join(differs)} differ between this rank and rank {rank}")
+
+
+def _fingerprint(part: Any) -> torch.Tensor:
+    tensors = [part] if isinstance(part, torch.Tensor) else list(part.state_dict().values())
+    return sum((t.double() * (1 + torch.arange(t.numel(), device=t.device).view(t.shape) % 7)).sum()
+               for t in tensors if t.numel())
 

@@ -144,8 +144,9 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
     for line in method.describe():
         say(line)
     extra: dict[str, Any] = {}
+    reduce_eval = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
     if teacher is not None:
-        extra["teacher_acc"] = evaluate(teacher, test_batches)["top1"]
+        extra["teacher_acc"] = evaluate(teacher, test_batches, reduce_eval)["top1"]
         say(f"teacher {opt['teacher_model']} test accuracy: {extra['teacher_acc']:.2f}%")
     if speed["compile"]:
         for module in method.children():
@@ -168,7 +169,8 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
         f"logs in {folder}")
     trainer = Trainer(method, optimizer, train_batches, test_batches, opt, device, folder, writer, progress, state,
                       cuda_graph=speed["cuda_graph"], amp=speed["amp"], ddp_method=ddp_method, is_main=rank == 0,
-                      extra_results=extra, sync_epoch_end=sync)
+                      extra_results=extra, sync_epoch_end=sync,
+                      reduce_eval=reduce_eval)
     try:
         results = trainer.fit()
     finally:

@@ -31,22 +31,23 @@ class TrainingDiverged(RuntimeError):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Any) -> dict[str, float]:
-    """Test loss and top-1/top-5 (%) of `model` in eval mode; one host read at the end."""
+def evaluate(model: torch.nn.Module, batches: Any, reduce: Any = None) -> dict[str, float]:
+    """Test loss and top-1/top-5 (%) of `model` in eval mode; one host read at the end.
+    `reduce` sums the totals across processes when each one saw a shard of the test set."""
     was_training = model.training
     model.eval()
-    sums, hits, count = None, None, 0
+    totals = None
     for images, labels in batches:
         logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        h = topk_hits(logits, labels)
-        sums = loss if sums is None else sums + loss
-        hits = h if hits is None else hits + h
-        count += labels.shape[0]
+        batch = torch.cat([loss.double().view(1), topk_hits(logits, labels).double(),
+                           torch.tensor([labels.shape[0]], dtype=torch.float64, device=labels.device)])
+        totals = batch if totals is None else totals + batch
     model.train(was_training)
-    hits = hits.cpu()
-    return {"loss": float(sums) / count, "top1": 100.0 * float(hits[0]) / count,
-            "top5": 100.0 * float(hits[1]) / count}
+    if reduce is not None:
+        reduce(totals)
+    loss, top1, top5, count = totals.tolist()
+    return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count}
 
 
 @dataclass
@@ -63,13 +64,14 @@ class Trainer:
                  opt: dict[str, Any], device: torch.device, folder: Path, writer: Any, progress: Progress,
                  state: RunState, cuda_graph: bool, amp: bool, ddp_method: torch.nn.Module | None = None,
                  is_main: bool = True, extra_results: dict[str, Any] | None = None,
-                 sync_epoch_end: Any = None):
+                 sync_epoch_end: Any = None, reduce_eval: Any = None):
         self.method, self.optimizer, self.opt, self.device = method, optimizer, opt, device
         self.train_batches, self.test_batches = train_batches, test_batches
         self.folder, self.writer, self.progress, self.state = folder, writer, progress, state
         self.is_main = is_main
         self.extra_results = extra_results or {}
         self.sync_epoch_end = sync_epoch_end  # DDP: reduce statistics and buffers across ranks
+        self.reduce_eval = reduce_eval  # DDP with a sharded test set: sum the totals across ranks
         self.meter = DeviceMeter(method.accuracy_outputs, device)
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if amp \
             else contextlib.nullcontext
@@ -106,7 +108,7 @@ class Trainer:
         stats = self.sync_epoch_end(self.meter) if self.sync_epoch_end else self.meter.read()
         self._check(stats, epoch, step)
         seconds = time.perf_counter() - t0
-        val = evaluate(self.method.student, self.test_batches)
+        val = evaluate(self.method.student, self.test_batches, self.reduce_eval)
         self.progress.end_epoch(stats, val)
         self._finish_epoch(epoch, lr, stats, val, seconds)
 
@@ -128,7 +130,7 @@ class Trainer:
             state.best_acc, state.best_epoch = val["top1"], epoch
         record = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
                   "images_per_s": round(train["images"] / max(seconds, 1e-9), 1),
-                  **{k: v for k, v in train.items() if k not in ("bad", "images")},
+                  **{k: v for k, v in train.items() if k != "bad"},
                   "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
         state.history.append(record)
         if not self.is_main:

@@ -1,0 +1,50 @@
+"""CoCoRD under torchrun on the CPU (gloo): identical ranks, a queue filled in rank order."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+from helpers import tiny_options, write_yaml
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+
+
+def torchrun(args, cwd, timeout=300):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(TORCHRUN + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_ranks_stay_identical_and_the_queue_is_in_rank_order(tmp_path):
+    done = torchrun([str(ROOT / "tests" / "ddp_harness.py"), str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.allclose(r0["keys"], r1["keys"])  # the ranks saw different images
+    batch = r0["keys"].shape[0]
+    for saved in (r0, r1):
+        queue = saved["queue_after_first"]
+        assert torch.equal(queue[:, :batch], r0["keys"].t()) and torch.equal(queue[:, batch:2 * batch], r1["keys"].t())
+        assert torch.equal(queue[:, 2 * batch:], saved["queue_before"][:, 2 * batch:])
+        assert saved["ptr"] == 2 * batch
+    for name, value in r0["parameters"].items():  # parameters agree with no broadcast at all
+        assert torch.equal(value, r1["parameters"][name]), name
+    assert list(r0["state"]) == list(r1["state"])
+    for name, value in r0["state"].items():  # student, slow student, heads, queue, BN statistics
+        assert torch.equal(value, r1["state"][name]), name
+    assert r0["images"] == r1["images"] == 2 * 4 * batch  # statistics reduced over both ranks
+
+
+def test_main_under_torchrun_trains_and_resumes(tmp_path, tiny_cifar, tiny_teacher):
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, batch_size=8, epochs=2))
+    done = torchrun([str(ROOT / "main.py"), "-opt", opt, "--set", "epochs=1"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
+    done = torchrun([str(ROOT / "main.py"), "-opt", opt, "--resume"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trial = tmp_path / "experiments" / "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0" / "trial_1"
+    results = json.loads((trial / "results.json").read_text())
+    assert results["finished"] and [h["epoch"] for h in results["history"]] == [1, 2]
+    assert results["history"][0]["images"] == 100  # both ranks' halves of the 100 training images
+    assert torch.load(trial / "model" / "checkpoint.pth", weights_only=True)["epoch"] == 2
