@@ -30,7 +30,7 @@ from dataset.cifar import CifarArrays  # noqa: E402
 from distiller import CoCoRD  # noqa: E402
 from engine.data import DeviceBatches, GPUBatches  # noqa: E402
 from engine.options import build_options  # noqa: E402
-from engine.step import GraphedStep, build_optimizer, train_step  # noqa: E402
+from engine.step import GraphedStep, build_optimizer, compile_method, train_step  # noqa: E402
 from models import build_model  # noqa: E402
 
 DEFAULT_PAIRS = ["resnet56:resnet20", "resnet32x4:resnet8x4", "wrn_40_2:wrn_16_2"]
@@ -76,8 +76,7 @@ def measure(pair: str, name: str, arrays: CifarArrays, device: torch.device, ste
     method = make_method(teacher, student, device, channels_last)
     optimizer = build_optimizer(method, {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
     if compiled:
-        for module in method.children():
-            module.compile()
+        compile_method(method)
     if streams:
         method.side_stream = torch.cuda.Stream(device)
     step = lambda views, labels: train_step(method, optimizer, views, labels)  # noqa: E731

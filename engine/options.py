@@ -90,7 +90,7 @@ SCHEMA: dict[str, Any] = {
         # auto: the GPU loader on a GPU, torchvision's loader on the CPU.
         "loader": Field("auto", "str", choices=("auto", "gpu", "torchvision")),
         "cuda_graph": Field(True, "bool"),
-        "compile": Field(False, "bool"),
+        "compile": Field(True, "bool"),
         "channels_last": Field(True, "bool"),
         "streams": Field(True, "bool"),
         "amp": Field(False, "bool"),  # bf16 autocast: changes the maths, so only when asked

@@ -20,7 +20,7 @@ from engine.checkpoint import ResumeError, load_checkpoint, resolve_resume, set_
 from engine.data import build_data
 from engine.options import OptionsError, dump_options
 from engine.progress import Progress
-from engine.step import build_optimizer
+from engine.step import build_optimizer, compile_method
 from engine.trainer import RunState, Trainer, TrainingDiverged, evaluate
 from models import CheckpointError, build_model, load_teacher
 
@@ -76,7 +76,7 @@ def _speed_settings(opt: dict[str, Any], device: torch.device) -> dict[str, bool
     s, gpu = opt["speed"], device.type == "cuda"
     single = not distributed.is_distributed()
     return {"gpu_loader": gpu and s["loader"] in ("auto", "gpu") and opt["dataset"] == "cifar100",
-            "cuda_graph": gpu and s["cuda_graph"] and single, "compile": s["compile"],
+            "cuda_graph": gpu and s["cuda_graph"] and single, "compile": gpu and s["compile"],
             "channels_last": gpu and s["channels_last"], "streams": gpu and s["streams"], "amp": s["amp"]}
 
 
@@ -149,8 +149,7 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
         extra["teacher_acc"] = evaluate(teacher, test_batches, reduce_eval)["top1"]
         say(f"teacher {opt['teacher_model']} test accuracy: {extra['teacher_acc']:.2f}%")
     if speed["compile"]:
-        for module in method.children():
-            module.compile()
+        compile_method(method)
     if speed["streams"]:
         method.side_stream = torch.cuda.Stream(device) if hasattr(method, "side_stream") else None
     ddp_method, sync = distributed.wrap(method, opt, device)

@@ -40,6 +40,16 @@ def train_step(method: torch.nn.Module, optimizer: torch.optim.Optimizer, views:
     return out
 
 
+def compile_method(method: torch.nn.Module) -> None:
+    """torch.compile each part of the method, with static shapes (the smaller last batch gets a graph of
+    its own rather than turning every later call into slower dynamic-shape code)."""
+    import torch._dynamo
+    # The zoo's networks share one forward: every part, mode and batch size is a recompilation of it.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for module in method.children():
+        module.compile(dynamic=False)
+
+
 class GraphedStep:
     """Calls `step(views, labels)`; full batches go through one captured CUDA graph."""
 
