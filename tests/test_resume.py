@@ -99,3 +99,16 @@ def test_checkpoint_write_killed_midway_leaves_the_old_one(tmp_path):
     assert writer.returncode == -signal.SIGKILL  # killed while writing, not after
     kept = torch.load(path, weights_only=True)
     assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.arange(10))
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_cifar, tiny_teacher):
+    opt_path = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
+    assert run_main(["-opt", opt_path], tmp_path).returncode == 0
+    ckpt = trial(tmp_path) / "model" / "checkpoint.pth"
+    before = ckpt.read_bytes()
+    done = run_main(["-opt", opt_path, "--resume", "--set", "epochs=2", "learning_rate=1e30"], tmp_path)
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert "NaN or infinite" in line and "epoch 2" in line and "step" in line and "loss" in line, line
+    assert ckpt.read_bytes() == before  # the epoch-1 checkpoint is untouched
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
