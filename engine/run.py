@@ -83,7 +83,7 @@ def _speed_settings(opt: dict[str, Any], device: torch.device) -> dict[str, bool
 def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> dict[str, Any]:
     """Train as `opt` (from engine.options.load_options) says; returns what results.json holds."""
     rank, world = distributed.setup(opt)
-    progress_say = Progress(0, 0, 0, enabled=rank == 0 and not quiet).say
+    say = (lambda text: print(text, flush=True)) if rank == 0 and not quiet else (lambda text: None)
     if opt["distill"] not in METHODS:
         raise OptionsError(f"option 'distill' must be one of {', '.join(sorted(METHODS))}, got {opt['distill']!r}")
     method_cls = METHODS[opt["distill"]]
@@ -97,7 +97,7 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
                 build_model(opt[key], opt["n_cls"])
         except ValueError as err:
             raise OptionsError(f"option '{key}': {err}") from None
-    device = select_device(opt, progress_say)
+    device = select_device(opt, say)
     speed = _speed_settings(opt, device)
     if opt["seed"] is not None:
         seed_everything(opt["seed"], device)
@@ -110,7 +110,7 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
     if resume or opt["path"]["resume"]:
         ckpt_path = resolve_resume(opt["path"]["resume"] or str(folder))
         ckpt = load_checkpoint(ckpt_path)
-        _check_resume(ckpt, opt, progress_say)
+        _check_resume(ckpt, opt, say)
         if ckpt_path.parent.name == "model":
             folder = ckpt_path.parent.parent
 
@@ -140,7 +140,6 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
         folder.mkdir(parents=True)
     distributed.barrier()
 
-    say = progress_say
     for line in method.describe():
         say(line)
     extra: dict[str, Any] = {}
@@ -150,8 +149,8 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
         say(f"teacher {opt['teacher_model']} test accuracy: {extra['teacher_acc']:.2f}%")
     if speed["compile"]:
         compile_method(method)
-    if speed["streams"]:
-        method.side_stream = torch.cuda.Stream(device) if hasattr(method, "side_stream") else None
+    if speed["streams"] and hasattr(method, "side_stream"):
+        method.side_stream = torch.cuda.Stream(device)
     ddp_method, sync = distributed.wrap(method, opt, device)
 
     if rank == 0:
@@ -168,8 +167,7 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
         f"logs in {folder}")
     trainer = Trainer(method, optimizer, train_batches, test_batches, opt, device, folder, writer, progress, state,
                       cuda_graph=speed["cuda_graph"], amp=speed["amp"], ddp_method=ddp_method, is_main=rank == 0,
-                      extra_results=extra, sync_epoch_end=sync,
-                      reduce_eval=reduce_eval)
+                      extra_results=extra, sync_epoch_end=sync, reduce_eval=reduce_eval)
     try:
         results = trainer.fit()
     finally:

@@ -103,7 +103,8 @@ class Trainer:
         step = 0
         for step, (views, labels) in enumerate(self.train_batches, start=1):
             self.step(views if isinstance(views, list) else [views], labels)
-            if step % self.opt["print_freq"] == 0:
+            # Under DDP only the epoch end reads (reduced) statistics: a rank stopping alone would hang the rest.
+            if step % self.opt["print_freq"] == 0 and self.sync_epoch_end is None:
                 self._check(self.meter.read(), epoch, step)
         stats = self.sync_epoch_end(self.meter) if self.sync_epoch_end else self.meter.read()
         self._check(stats, epoch, step)

@@ -73,9 +73,9 @@ def save_crd_checkpoint(model: nn.Module, path: str | os.PathLike[str], epoch: i
 
 
 def rel_err(ours: Tensor, ref: Tensor) -> float:
-    """max|ours - ref| / max|ref|, the fixtures' per-tensor comparison."""
-    ref = ref.to(ours.dtype)
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
+    """max|ours - ref| / max|ref|, the fixtures' per-tensor comparison (in float64)."""
+    ours, ref = torch.as_tensor(ours).detach().double(), torch.as_tensor(ref).double()
+    return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
 def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 300) -> "subprocess.CompletedProcess[str]":

@@ -6,16 +6,10 @@ from conftest import FIXTURES
 from distiller import CoCoRD
 from engine.options import build_options
 from engine.step import build_optimizer, train_step
+from helpers import rel_err
 from models import build_model
 
 STEPS_FILE = FIXTURES / "cocord_steps_resnet8_resnet14.pt"
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """max|ours - ref| / max|ref|, per tensor, as the fixtures' README prescribes."""
-    ours, ref = torch.as_tensor(ours).double(), torch.as_tensor(ref).double()
-    scale = ref.abs().max().clamp_min(1e-300)
-    return float((ours - ref).abs().max() / scale)
 
 
 def build_from_fixture(fx: dict) -> tuple[CoCoRD, torch.optim.Optimizer]:
