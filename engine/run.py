@@ -98,6 +98,10 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
         except ValueError as err:
             raise OptionsError(f"option '{key}': {err}") from None
     device = select_device(opt, say)
+    if opt["sync_bn"] and device.type != "cuda":
+        raise OptionsError("sync_bn needs CUDA GPUs (SyncBatchNorm); set sync_bn: false to train on the CPU")
+    if opt["sync_bn"] and world == 1:
+        say("note: sync_bn has no effect in a single process (launch with torchrun to use several GPUs)")
     speed = _speed_settings(opt, device)
     if opt["seed"] is not None:
         seed_everything(opt["seed"], device)

@@ -51,6 +51,7 @@ CASES = [
     ("unreadable dataset", {"data_folder": "@broken_data"}, [], ["train"]),
     ("labels beyond n_cls", {"n_cls": 5, "distill": "none"}, [], ["n_cls"]),
     ("gpu index negative", {"gpu": -1}, [], ["gpu", ">= 0"]),
+    ("SyncBatchNorm on the CPU", {"sync_bn": True}, [], ["sync_bn", "CPU"]),
     ("override without '='", {}, ["--set", "epochs"], ["key=value"]),
     ("override of an unknown key", {}, ["--set", "cocord.TT=0.1"], ["cocord.TT", "'T'"]),
     ("bad override value", {}, ["--set", "epochs=-3"], ["epochs", "> 0"]),
