@@ -10,8 +10,8 @@ from typing import Any, Iterator
 
 import torch
 
-from dataset import GPULoader, build_torchvision_loaders, load_cifar100
-from dataset.gpu import GPUTestLoader
+from dataset import (DataError, GPULoader, GPUTestLoader, MultiViewCIFAR, build_imagenet_loaders,
+                     build_torchvision_loaders, load_cifar100)
 
 
 class DeviceBatches:
@@ -63,7 +63,6 @@ def build_data(opt: dict, n_views: int, device: torch.device, gpu_loader: bool, 
                rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
     """(train batches, test batches) for the options' dataset."""
     if opt["dataset"] == "imagenet":
-        from dataset.imagenet import build_imagenet_loaders
         sampler = _distributed_sampler_factory(rank, world_size, opt) if world_size > 1 else None
         train, test = build_imagenet_loaders(opt["data_folder"], opt["batch_size"], n_views, opt["num_workers"],
                                              opt["pin_memory"], sampler_factory=sampler)
@@ -80,7 +79,6 @@ def build_data(opt: dict, n_views: int, device: torch.device, gpu_loader: bool, 
         return GPUBatches(train), test
     sampler = None
     if world_size > 1:
-        from dataset.views import MultiViewCIFAR
         sampler = torch.utils.data.DistributedSampler(
             MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views), num_replicas=world_size,
             rank=rank, shuffle=True, seed=int(torch.randint(0, 2**31, ()).item()))
@@ -99,7 +97,6 @@ def _distributed_sampler_factory(rank: int, world_size: int, opt: dict):
 
 
 def _check_labels(labels: torch.Tensor, n_cls: int) -> None:
-    from dataset import DataError
     top = int(labels.max()) + 1
     if top > n_cls:
         raise DataError(f"the training labels go up to {top - 1} but n_cls is {n_cls}; set n_cls: {top} or more")
