@@ -14,9 +14,9 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, epochs: int, steps_per_epoch: int, batch_size: int, stream: TextIO = sys.stdout,
+    def __init__(self, epochs: int, steps_per_epoch: int, stream: TextIO = sys.stdout,
                  enabled: bool = True):
-        self.epochs, self.steps, self.batch_size = epochs, steps_per_epoch, batch_size
+        self.epochs, self.steps = epochs, steps_per_epoch
         self.stream = stream
         self.enabled = enabled
         self.tty = enabled and stream.isatty()

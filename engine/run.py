@@ -166,7 +166,7 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(str(folder), purge_step=state.epoch + 1 if ckpt is not None else None) \
         if rank == 0 else None
-    progress = Progress(opt["epochs"], len(train_batches), opt["batch_size"], enabled=rank == 0 and not quiet)
+    progress = Progress(opt["epochs"], len(train_batches), enabled=rank == 0 and not quiet)
     say(f"training {opt['student_model']} ({opt['distill']}) on {device} for {opt['epochs']} epochs; "
         f"logs in {folder}")
     trainer = Trainer(method, optimizer, train_batches, test_batches, opt, device, folder, writer, progress, state,

@@ -91,7 +91,7 @@ class Terminal(io.StringIO):
 
 def test_progress_bar_on_a_terminal():
     out = Terminal()
-    progress = Progress(epochs=3, steps_per_epoch=10, batch_size=8, stream=out)
+    progress = Progress(epochs=3, steps_per_epoch=10, stream=out)
     progress.start_epoch(1, 0.05)
     progress.update(5, {"loss": 2.5, "acc_train_top1": 40.0, "images": 40})
     assert out.getvalue().startswith("\repoch 1/3 [") and "5/10" in out.getvalue() and "img/s" in out.getvalue()
