@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -18,12 +18,12 @@ class ResumeError(ValueError):
     """A resume target that cannot be used: one line saying which and why."""
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Temporary file, flush, fsync, rename: a kill at any moment leaves the old file loadable."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Temporary file, flush, fsync, rename: a kill at any moment leaves the old file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -32,6 +32,11 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through atomic_write: the previous checkpoint stays loadable whatever happens."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict[str, Any]:

@@ -63,7 +63,7 @@ def build_data(opt: dict, n_views: int, device: torch.device, gpu_loader: bool, 
                rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
     """(train batches, test batches) for the options' dataset."""
     if opt["dataset"] == "imagenet":
-        sampler = _distributed_sampler_factory(rank, world_size, opt) if world_size > 1 else None
+        sampler = _distributed_sampler_factory(rank, world_size) if world_size > 1 else None
         train, test = build_imagenet_loaders(opt["data_folder"], opt["batch_size"], n_views, opt["num_workers"],
                                              opt["pin_memory"], sampler_factory=sampler)
         test = DeviceBatches(test, device, channels_last)
@@ -79,15 +79,14 @@ def build_data(opt: dict, n_views: int, device: torch.device, gpu_loader: bool, 
         return GPUBatches(train), test
     sampler = None
     if world_size > 1:
-        sampler = torch.utils.data.DistributedSampler(
-            MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views), num_replicas=world_size,
-            rank=rank, shuffle=True, seed=int(torch.randint(0, 2**31, ()).item()))
+        sampler = _distributed_sampler_factory(rank, world_size)(
+            MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views))
     train, test = build_torchvision_loaders(arrays, opt["batch_size"], n_views, opt["num_workers"],
                                             opt["pin_memory"] and device.type == "cuda", sampler=sampler)
     return DeviceBatches(train, device, channels_last), DeviceBatches(test, device, channels_last)
 
 
-def _distributed_sampler_factory(rank: int, world_size: int, opt: dict):
+def _distributed_sampler_factory(rank: int, world_size: int):
     seed = int(torch.randint(0, 2**31, ()).item())  # equal on every rank: the global generator is shared
 
     def make(dataset):

@@ -22,7 +22,7 @@ from engine.options import OptionsError, dump_options
 from engine.progress import Progress
 from engine.step import build_optimizer, compile_method
 from engine.trainer import RunState, Trainer, TrainingDiverged, evaluate
-from models import CheckpointError, build_model, load_teacher
+from models import CheckpointError, build_model, load_teacher, model_dict, unknown_model_message
 
 USER_ERRORS = (OptionsError, CheckpointError, DataError, ResumeError)
 # Options that define what is trained: a resume must not change them.
@@ -92,11 +92,8 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
                            f"({opt['batch_size']} x {world} process(es)): one batch of keys must fit in the queue; "
                            "raise key_size or lower batch_size")
     for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
-        try:
-            with torch.device("meta"):  # the name check alone: nothing allocated
-                build_model(opt[key], opt["n_cls"])
-        except ValueError as err:
-            raise OptionsError(f"option '{key}': {err}") from None
+        if opt[key] not in model_dict:
+            raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")
     device = select_device(opt, say)
     if opt["sync_bn"] and device.type != "cuda":
         raise OptionsError("sync_bn needs CUDA GPUs (SyncBatchNorm); set sync_bn: false to train on the CPU")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from distiller import Distiller
-from engine.checkpoint import atomic_save, rng_state
+from engine.checkpoint import atomic_save, atomic_write, rng_state
 from engine.meter import DeviceMeter, topk_hits
 from engine.progress import Progress
 from engine.step import GraphedStep, lr_at, train_step
@@ -171,7 +171,5 @@ class Trainer:
                 "distill": self.opt["distill"], "epochs": self.opt["epochs"], "history": s.history}
 
     def _write_results(self, results: dict[str, Any]) -> None:
-        path = self.folder / "results.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(path)
+        text = json.dumps(results, indent=1).encode()
+        atomic_write(self.folder / "results.json", lambda f: f.write(text))

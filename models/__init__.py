@@ -12,7 +12,7 @@ from .checkpoint import (
     match_architectures,
     read_state_dict,
 )
-from .registry import MODEL_REGISTRY, build_model, register
+from .registry import MODEL_REGISTRY, build_model, register, unknown_model_message
 
 # name -> constructor taking `num_classes`, as RepDistiller's `model_dict`.
 model_dict = MODEL_REGISTRY
@@ -28,4 +28,5 @@ CRD_CIFAR_MODELS: tuple[str, ...] = (
 __all__ = [
     "CRD_CIFAR_MODELS", "CheckpointError", "ZooModel", "build_model", "identify_architecture",
     "load_teacher", "match_architectures", "model_dict", "read_state_dict", "register",
+    "unknown_model_message",
 ]
