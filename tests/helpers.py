@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import zlib
 from functools import lru_cache
 from typing import Any, Sequence
@@ -78,11 +80,8 @@ def rel_err(ours: Tensor, ref: Tensor) -> float:
     return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
-def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`python main.py ARGS` as a real subprocess in `cwd` (the repository's main.py, not a copy)."""
-    import subprocess
-    import sys
-
     from conftest import ROOT
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
