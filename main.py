@@ -21,7 +21,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from engine.options import OptionsError, load_options
+    from options.schema import OptionsError, load_options
     try:  # before importing torch: a typo in the options is reported at once
         opt = load_options(args.opt, args.overrides)
     except OptionsError as err:

@@ -11,7 +11,7 @@ import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ _ROW_LENGTH = 3 * CIFAR_IMAGE_SIZE * CIFAR_IMAGE_SIZE  # 3072, channel-major
 # The only globals a CIFAR pickle needs: numpy's array reconstruction. Python-2 era files name
 # numpy.core, files written by numpy 2 name numpy._core; both map to the objects imported here
 # (not imported by name at load time), and everything else is refused.
-_ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy", "ndarray"): np.ndarray,
@@ -48,7 +48,7 @@ class CifarArrays:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    classes: List[str]
+    classes: list[str]
 
     @property
     def num_classes(self) -> int:
@@ -80,7 +80,7 @@ def safe_unpickle(path: Path) -> Any:
         raise DataError(f"{path} is not a valid CIFAR-100 pickle file: {msg}") from None
 
 
-def _read_split(path: Path, num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _read_split(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     obj = safe_unpickle(path)
     if not isinstance(obj, dict):
         raise DataError(f"{path} holds a {type(obj).__name__}, expected a dict with 'data' and 'fine_labels'")
@@ -109,7 +109,7 @@ def _read_split(path: Path, num_classes: int) -> Tuple[torch.Tensor, torch.Tenso
     return images, torch.from_numpy(labels_np.astype(np.int64))
 
 
-def _read_classes(path: Path) -> List[str]:
+def _read_classes(path: Path) -> list[str]:
     obj = safe_unpickle(path)
     names = obj.get("fine_label_names") if isinstance(obj, dict) else None
     if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):

@@ -1,13 +1,12 @@
 """Normalisation constants, kept in one place so every loader path uses the same numbers."""
-from typing import Tuple
 
 # CIFAR-100 channel statistics as the published code (and SPEC section 3) use them.
-CIFAR100_MEAN: Tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
-CIFAR100_STD: Tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
+CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
 
 # The usual ImageNet statistics (torchvision's reference recipes).
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 CIFAR_IMAGE_SIZE = 32
 CIFAR_PADDING = 4

@@ -9,8 +9,8 @@ small CNN still learns it. Generation is vectorised numpy and deterministic for 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -31,7 +31,7 @@ _PALETTE = np.array(
 )
 
 # Shape masks in the object's own frame (u right, v down, object radius 1).
-_SHAPE_FNS: Tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = (
+_SHAPE_FNS: tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = (
     lambda u, v: u * u + v * v < 1.0,
     lambda u, v: np.maximum(np.abs(u), np.abs(v)) < 0.8,
     lambda u, v: (v < 0.7) & (np.abs(u) < (v + 0.95) * 0.62),
@@ -42,18 +42,18 @@ _SHAPE_FNS: Tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = (
 )
 
 
-def class_attributes(label: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_attributes(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shape, colour and texture ids of each class (CRT on 7, 5, 3: distinct for labels < 105)."""
     return label % len(SHAPES), label % len(COLOURS), label % len(TEXTURES)
 
 
-def class_names(num_classes: int = CIFAR_NUM_CLASSES) -> List[str]:
+def class_names(num_classes: int = CIFAR_NUM_CLASSES) -> list[str]:
     """Readable names such as 'red_solid_disc' for the first `num_classes` classes."""
     s, c, t = class_attributes(np.arange(num_classes))
     return [f"{COLOURS[ci]}_{TEXTURES[ti]}_{SHAPES[si]}" for si, ci, ti in zip(s, c, t)]
 
 
-def _object_frame(n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi: float) -> Tuple[np.ndarray, np.ndarray]:
+def _object_frame(n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-image object coordinates (random centre, radius, rotation): u, v arrays N x size x size."""
     f32 = np.float32
     cy, cx = (rng.uniform(0.25, 0.75, (2, n)) * size).astype(f32)
@@ -66,7 +66,7 @@ def _object_frame(n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi
     return cos * dx + sin * dy, cos * dy - sin * dx
 
 
-def _draw(shape_id: np.ndarray, texture_id: np.ndarray, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def _draw(shape_id: np.ndarray, texture_id: np.ndarray, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the object and of its texture's "on" pixels; loops over the few ids, not images."""
     n = u.shape[0]
     mask = np.zeros(u.shape, dtype=bool)
@@ -138,12 +138,12 @@ class _Py2StylePickler(pickle.Pickler):
         return NotImplemented
 
 
-def _dump(obj: Dict[str, object], path: Path) -> None:
+def _dump(obj: dict[str, object], path: Path) -> None:
     with open(path, "wb") as f:
         _Py2StylePickler(f, protocol=2).dump(obj)  # protocol 2, as the original files
 
 
-def _split_dict(labels: np.ndarray, images_hwc: np.ndarray, names: List[str], batch_label: str) -> Dict[str, object]:
+def _split_dict(labels: np.ndarray, images_hwc: np.ndarray, names: list[str], batch_label: str) -> dict[str, object]:
     data = np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2)).reshape(len(labels), -1)  # channel-major rows
     return {
         "filenames": [f"{names[k]}_s_{i:06d}.png" for i, k in enumerate(labels)],

@@ -8,7 +8,8 @@ data-dependent shapes; the same code runs on CPU and CUDA.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +18,11 @@ from .constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR_IMAGE_SIZE, CIFAR_PADD
 
 _S = CIFAR_IMAGE_SIZE
 _P = CIFAR_PADDING
-_Stats = Optional[Union[torch.Tensor, Sequence[float]]]
-_SCALE_SHIFT_CACHE: Dict[Tuple[str, Tuple[float, ...], Tuple[float, ...]], Tuple[torch.Tensor, torch.Tensor]] = {}
+_Stats = Optional[torch.Tensor | Sequence[float]]
+_SCALE_SHIFT_CACHE: dict[tuple[str, tuple[float, ...], tuple[float, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _scale_shift(mean: _Stats, std: _Stats, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _scale_shift(mean: _Stats, std: _Stats, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """x/255 then (x - mean)/std, folded to x*scale + shift, as 3 x 1 x 1 float32 tensors on `device`.
 
     shift is computed in float32 exactly as torchvision computes (0 - mean)/std, so the black
@@ -40,7 +41,7 @@ def _scale_shift(mean: _Stats, std: _Stats, device: torch.device) -> Tuple[torch
     return _SCALE_SHIFT_CACHE[key]
 
 
-def _fold(mean: torch.Tensor, std: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _fold(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, s = mean.to(torch.float32).view(3, 1, 1), std.to(torch.float32).view(3, 1, 1)
     return (1.0 / (255.0 * s.double())).float(), (0.0 - m) / s
 
@@ -92,8 +93,8 @@ def crop_flip_normalize(
 
 
 def _draw_params(
-    shape: Tuple[int, ...], generator: torch.Generator, device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shape: tuple[int, ...], generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Offsets uniform in 0..8 on each axis and flips with p=0.5, from `generator` (on `device`)."""
     offsets = torch.randint(0, 2 * _P + 1, (2, *shape), generator=generator, device=device)
     flip = torch.rand(shape, generator=generator, device=device) < 0.5
@@ -134,7 +135,7 @@ class GPULoader:
         labels: torch.Tensor,
         batch_size: int,
         n_views: int,
-        device: Union[str, torch.device],
+        device: str | torch.device,
         shuffle: bool = True,
         drop_last: bool = False,
         channels_last: bool = False,
@@ -177,7 +178,7 @@ class GPULoader:
             order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
         return order[self.rank : total : self.world_size]
 
-    def __iter__(self) -> Iterator[Tuple[List[torch.Tensor], torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         mine = self.epoch_indices()
         labels = self._labels[mine]
         v, m = self.n_views, self.num_samples
@@ -204,7 +205,7 @@ class GPUTestLoader:
         images_u8: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
-        device: Union[str, torch.device],
+        device: str | torch.device,
         channels_last: bool = False,
     ) -> None:
         _check(images_u8, labels)
@@ -220,6 +221,6 @@ class GPUTestLoader:
     def __len__(self) -> int:
         return math.ceil(self._labels.shape[0] / self.batch_size)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self._labels.shape[0], self.batch_size):
             yield self._images[start : start + self.batch_size], self._labels[start : start + self.batch_size]

@@ -1,8 +1,8 @@
 """ImageNet loaders (ImageFolder `train/` and `val/`), same item structure as MultiViewCIFAR."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, Tuple
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
@@ -27,8 +27,8 @@ def build_imagenet_loaders(
     n_views: int,
     num_workers: int,
     pin_memory: bool,
-    sampler_factory: Optional[Callable[[Dataset], Optional[Sampler]]] = None,
-) -> Tuple[DataLoader, DataLoader]:
+    sampler_factory: Callable[[Dataset], Sampler | None] | None = None,
+) -> tuple[DataLoader, DataLoader]:
     """Train: `(views, label)` with n_views RandomResizedCrop(224)+flip views; val: `(image, label)`.
 
     `sampler_factory(dataset)` may return a sampler (e.g. DistributedSampler) for either split;

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Optional, Tuple, Union
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class MultiViewTransform:
         self.transform = transform
         self.n_views = n_views
 
-    def __call__(self, image: Any) -> Tuple[torch.Tensor, ...]:
+    def __call__(self, image: Any) -> tuple[torch.Tensor, ...]:
         return tuple(self.transform(image) for _ in range(self.n_views))
 
 
@@ -66,7 +67,7 @@ class MultiViewCIFAR(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> Tuple[Union[Tuple[torch.Tensor, ...], torch.Tensor], int]:
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...] | torch.Tensor, int]:
         image = Image.fromarray(self.images_hwc[index])
         return self.transform(image), self.labels[index]
 
@@ -89,9 +90,9 @@ def build_torchvision_loaders(
     n_views: int,
     num_workers: int,
     pin_memory: bool,
-    generator: Optional[torch.Generator] = None,
-    sampler: Optional[Sampler] = None,
-) -> Tuple[DataLoader, DataLoader]:
+    generator: torch.Generator | None = None,
+    sampler: Sampler | None = None,
+) -> tuple[DataLoader, DataLoader]:
     """Train loader (shuffled, or `sampler` for distributed runs; last partial batch kept) and test loader.
 
     Train batches are `(views, labels)` with views a list of `n_views` tensors B x 3 x 32 x 32;

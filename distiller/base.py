@@ -6,23 +6,24 @@ The teacher is kept in eval mode here, in one place, whatever `train()` is asked
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-METHODS: dict[str, type["Distiller"]] = {}
+METHODS: dict[str, type[Distiller]] = {}
 
 
-def register(name: str) -> Callable[[type["Distiller"]], type["Distiller"]]:
-    def add(cls: type["Distiller"]) -> type["Distiller"]:
+def register(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    def add(cls: type[Distiller]) -> type[Distiller]:
         METHODS[name] = cls
         cls.name = name
         return cls
     return add
 
 
-def build_distiller(name: str, student: nn.Module, teacher: nn.Module | None, opt: dict[str, Any]) -> "Distiller":
+def build_distiller(name: str, student: nn.Module, teacher: nn.Module | None, opt: dict[str, Any]) -> Distiller:
     if name not in METHODS:
         raise ValueError(f"unknown distill method '{name}'; valid: {', '.join(sorted(METHODS))}")
     return METHODS[name](student, teacher, opt)
@@ -44,7 +45,7 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
             teacher.eval()
 
-    def train(self, mode: bool = True) -> "Distiller":
+    def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()

@@ -6,12 +6,20 @@ on resume restores the data order too.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-from dataset import (DataError, GPULoader, GPUTestLoader, MultiViewCIFAR, build_imagenet_loaders,
-                     build_torchvision_loaders, load_cifar100)
+from dataset import (
+    DataError,
+    GPULoader,
+    GPUTestLoader,
+    MultiViewCIFAR,
+    build_imagenet_loaders,
+    build_torchvision_loaders,
+    load_cifar100,
+)
 
 
 class DeviceBatches:

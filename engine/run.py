@@ -18,11 +18,11 @@ from distiller import METHODS
 from engine import distributed
 from engine.checkpoint import ResumeError, load_checkpoint, resolve_resume, set_rng_state
 from engine.data import build_data
-from engine.options import OptionsError, dump_options
 from engine.progress import Progress
 from engine.step import build_optimizer, compile_method
 from engine.trainer import RunState, Trainer, TrainingDiverged, evaluate
 from models import CheckpointError, build_model, load_teacher, model_dict, unknown_model_message
+from options.schema import OptionsError, dump_options
 
 USER_ERRORS = (OptionsError, CheckpointError, DataError, ResumeError)
 # Options that define what is trained: a resume must not change them.
@@ -81,7 +81,7 @@ def _speed_settings(opt: dict[str, Any], device: torch.device) -> dict[str, bool
 
 
 def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> dict[str, Any]:
-    """Train as `opt` (from engine.options.load_options) says; returns what results.json holds."""
+    """Train as `opt` (from options.schema.load_options) says; returns what results.json holds."""
     rank, world = distributed.setup(opt)
     say = (lambda text: print(text, flush=True)) if rank == 0 and not quiet else (lambda text: None)
     if opt["distill"] not in METHODS:

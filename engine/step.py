@@ -7,7 +7,7 @@ learning rate changes (SGD bakes the float into its kernels) and runs the smalle
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -2,8 +2,16 @@
 
 Importing a family module registers its constructors; the import order below is the registry's order.
 """
-from . import resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2  # noqa: F401  (CRD order)
-from . import imagenet  # noqa: F401
+from . import (  # noqa: F401  (CRD order)
+    imagenet,  # noqa: F401
+    mobilenetv2,
+    resnet,
+    resnetv2,
+    shufflenetv1,
+    shufflenetv2,
+    vgg,
+    wrn,
+)
 from .base import ZooModel
 from .checkpoint import (
     CheckpointError,

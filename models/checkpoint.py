@@ -10,7 +10,7 @@ import os
 import pickle
 import re
 from collections.abc import Iterator, Mapping
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from .registry import MODEL_REGISTRY, build_model, unknown_model_message
 
 HOW_TO_GET_TEACHERS = (
     "train one with `python main.py -opt options/train_teacher.yml` "
-    "or fetch the published ones with `python scripts/fetch_teachers.py`"
+    "or fetch the published ones with `python tools/fetch_teachers.py`"
 )
 # Where a state_dict sits inside a checkpoint: CRD/RepDistiller, published CoCoRD, common trainers.
 _STATE_DICT_ENTRIES = ("model", "s_model_dict", "state_dict")
@@ -110,7 +110,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return _strip_wrappers(dict(obj))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signature(name: str) -> tuple[dict[str, tuple[int, ...]], str]:
     """Key -> shape of a zoo entry and the key prefix of its final Linear; built on the meta device (no memory, fast)."""
     with torch.device("meta"):

@@ -1,10 +1,9 @@
-"""Shared test setup: the project root on sys.path and the reference fixtures beside the project."""
+"""Shared test setup: the reference fixtures (tests/fixtures) and small real-format data and teachers."""
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -25,8 +24,8 @@ def tiny_cifar(tmp_path_factory) -> str:
 def tiny_teacher(tmp_path_factory) -> str:
     """A resnet8 with 10 classes saved in CRD's checkpoint layout (random weights)."""
     import torch
-
     from helpers import save_crd_checkpoint
+
     from models import build_model
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth"

@@ -7,16 +7,16 @@ import os
 import subprocess
 import sys
 import zlib
-from functools import lru_cache
-from typing import Any, Sequence
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
 import torch
+from conftest import FIXTURES
 from torch import Tensor, nn
 
-from conftest import FIXTURES
 
-
-@lru_cache(maxsize=None)
+@cache
 def architectures_fixture() -> dict[str, Any]:
     """The parsed fixtures/architectures.json (read once per session)."""
     with open(FIXTURES / "architectures.json") as f:

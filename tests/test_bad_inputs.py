@@ -4,8 +4,8 @@ import pickle
 from pathlib import Path
 
 import pytest
-
 from helpers import run_main, save_crd_checkpoint, tiny_options, write_yaml
+
 from models import build_model
 
 

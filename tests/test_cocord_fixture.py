@@ -1,13 +1,13 @@
 """The CoCoRD step against three steps recorded from the published implementation in float64."""
 import pytest
 import torch
-
 from conftest import FIXTURES
-from distiller import CoCoRD
-from engine.options import build_options
-from engine.step import build_optimizer, train_step
 from helpers import rel_err
+
+from distiller import CoCoRD
+from engine.step import build_optimizer, train_step
 from models import build_model
+from options.schema import build_options
 
 STEPS_FILE = FIXTURES / "cocord_steps_resnet8_resnet14.pt"
 

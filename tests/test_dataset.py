@@ -12,9 +12,22 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 from torchvision import transforms
 
-from dataset import (CIFAR100_MEAN, CIFAR100_STD, DataError, GPULoader, GPUTestLoader, MultiViewCIFAR, augment,
-                     build_imagenet_loaders, build_torchvision_loaders, crop_flip_normalize, load_cifar100,
-                     make_tiny_cifar, write_demo_cifar, write_demo_imagefolder)
+from dataset import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DataError,
+    GPULoader,
+    GPUTestLoader,
+    MultiViewCIFAR,
+    augment,
+    build_imagenet_loaders,
+    build_torchvision_loaders,
+    crop_flip_normalize,
+    load_cifar100,
+    make_tiny_cifar,
+    write_demo_cifar,
+    write_demo_imagefolder,
+)
 
 MEAN = torch.tensor(CIFAR100_MEAN).view(3, 1, 1)
 STD = torch.tensor(CIFAR100_STD).view(3, 1, 1)

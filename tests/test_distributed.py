@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import ROOT
 from helpers import tiny_options, write_yaml
 

@@ -1,4 +1,4 @@
-"""scripts/fetch_teachers.py against real tars in mdistiller's layout, served over real local HTTP."""
+"""tools/fetch_teachers.py against real tars in mdistiller's layout, served over real local HTTP."""
 from __future__ import annotations
 
 import functools
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT
 from helpers import save_crd_checkpoint
+
 from models import build_model, load_teacher
 
-SCRIPT = ROOT / "scripts" / "fetch_teachers.py"
+SCRIPT = ROOT / "tools" / "fetch_teachers.py"
 _spec = importlib.util.spec_from_file_location("fetch_teachers", SCRIPT)
 ft = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ft)

@@ -3,9 +3,9 @@ import json
 
 import torch
 import torchvision
+from helpers import run_main, write_yaml
 
 from dataset import write_demo_imagefolder
-from helpers import run_main, write_yaml
 
 
 def test_imagenet_folder_cocord_end_to_end(tmp_path):

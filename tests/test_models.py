@@ -4,15 +4,12 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from torch import nn
-
-import models
 from helpers import (
     architectures_fixture,
     fill_by_fixture_rule,
@@ -20,6 +17,9 @@ from helpers import (
     rel_err,
     save_crd_checkpoint,
 )
+from torch import nn
+
+import models
 from models import CRD_CIFAR_MODELS, CheckpointError, ZooModel, build_model, identify_architecture, load_teacher
 from models.checkpoint import _signature, match_architectures, read_state_dict
 
@@ -29,7 +29,7 @@ NUM_CLASSES = FIX["num_classes"]
 IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
-@lru_cache(maxsize=None)
+@cache
 def filled(name: str) -> ZooModel:
     """A model with the fixture weights (built once; tests that change it must copy it)."""
     return fill_by_fixture_rule(build_model(name, NUM_CLASSES), FIX["salt"])
@@ -216,7 +216,7 @@ def test_missing_file_says_how_to_get_a_teacher(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_teacher(path, "resnet56", 100)
     msg = one_line(err)
-    assert str(path) in msg and "options/train_teacher.yml" in msg and "scripts/fetch_teachers.py" in msg
+    assert str(path) in msg and "options/train_teacher.yml" in msg and "tools/fetch_teachers.py" in msg
 
 
 def test_unknown_arch_is_a_checkpoint_error(tmp_path):

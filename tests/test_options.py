@@ -3,11 +3,11 @@ import io
 
 import pytest
 import yaml
-
 from conftest import ROOT
-from engine.options import OptionsError, build_options, defaults, load_options, parse_overrides
-from engine.progress import Progress
 from helpers import run_main, tiny_options, write_yaml
+
+from engine.progress import Progress
+from options.schema import OptionsError, build_options, defaults, load_options, parse_overrides
 
 PUBLISHED = """student_model: resnet20
 teacher_model: resnet56

@@ -2,13 +2,13 @@
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
-from distiller import CoCoRD
-from engine.options import build_options
-from engine.step import build_optimizer, train_step
 from helpers import TINY_COCORD
+
+from distiller import CoCoRD
+from engine.step import build_optimizer, train_step
 from models import build_model
+from options.schema import build_options
 
 TABLES = yaml.safe_load((ROOT / "tools" / "paper_results.yml").read_text())
 PAIRS = [(row["teacher"], row["student"]) for table in TABLES.values() for row in table]

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import ROOT
 from helpers import run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, scalars

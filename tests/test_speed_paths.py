@@ -8,7 +8,6 @@ training of a few steps amplifies rounding beyond any useful tolerance (see comp
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))

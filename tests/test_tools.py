@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, SHARED
-from engine.options import load_options
+
+from options.schema import load_options
 
 SUMMARIZE = ROOT / "tools" / "summarize.py"
 PAPER = ROOT / "tools" / "paper_results.yml"

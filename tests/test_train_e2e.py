@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import ROOT
 from helpers import run_main, tiny_options, write_yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from models import load_teacher
 
 PUBLISHED_TAGS = {"loss_train/total", "acc_train/top_1", "acc_train/top_5", "acc_cocord/top_1", "acc_cocord/top_5",
@@ -96,6 +96,7 @@ def test_teacher_training_then_distillation(tmp_path, tiny_cifar):
 def test_published_options_without_dataset_say_where_to_put_it(tmp_path):
     """The default command with a teacher in place and no data (no network): one line, exit 2."""
     from helpers import save_crd_checkpoint
+
     from models import build_model
     (tmp_path / "t_model" / "resnet56").mkdir(parents=True)
     save_crd_checkpoint(build_model("resnet56"), tmp_path / "t_model" / "resnet56" / "ckpt_epoch_240.pth")

@@ -1,7 +1,7 @@
 """The offline demo: make a learnable dataset in the real cifar-100-python format, train a small teacher,
 then distil a student from it with CoCoRD. Both steps are plain `main.py` runs on the CPU.
 
-    python scripts/demo.py          (or: make demo)
+    python tools/demo.py          (or: make demo)
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset import write_demo_cifar  # noqa: E402
-from engine.options import load_options  # noqa: E402
+from options.schema import load_options  # noqa: E402
 
 STEPS = [("teacher", "options/demo_teacher.yml"), ("student (CoCoRD)", "options/demo_student.yml")]
 

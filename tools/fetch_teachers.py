@@ -1,6 +1,6 @@
 """Fetch the pretrained CRD CIFAR-100 teachers and place them where the options files expect them.
 
-    python scripts/fetch_teachers.py [--dest t_model] [--archs resnet56 resnet110 ...]
+    python tools/fetch_teachers.py [--dest t_model] [--archs resnet56 resnet110 ...]
                                      [--url URL | --archive cifar_teachers.tar] [--keep-archive] [--force]
 
 RepDistiller's download host is gone; mdistiller republishes the same files as `cifar_teachers.tar`,
@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so `python scripts/fetch_teachers.py` works from any directory
+if str(ROOT) not in sys.path:  # so `python tools/fetch_teachers.py` works from any directory
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
@@ -52,7 +52,7 @@ class TeachersFailed(FetchError):
 
 def _manual_hint(url: str) -> str:
     return (f"download cifar_teachers.tar by hand from {url} and run "
-            "`python scripts/fetch_teachers.py --archive cifar_teachers.tar`, or train a teacher: "
+            "`python tools/fetch_teachers.py --archive cifar_teachers.tar`, or train a teacher: "
             "`python main.py -opt options/train_teacher.yml --set student_model=resnet56`")
 
 

@@ -1,0 +1,1 @@
+"""Small general helpers: files written atomically, locks, meters, progress, provenance, processes."""
