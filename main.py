@@ -21,14 +21,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from options.schema import OptionsError, load_options
-    try:  # before importing torch: a typo in the options is reported at once
-        opt = load_options(args.opt, args.overrides)
+    from options.schema import OptionsError, build_options, read_options_file
+    try:  # before importing torch: a typo in the common options is reported at once
+        given = read_options_file(args.opt)
+        build_options(given, args.overrides, partial=True)
     except OptionsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from engine.config import build_options as build_run_options
     from engine.run import USER_ERRORS, TrainingDiverged, run
     try:
+        opt = build_run_options(given, args.overrides)
         run(opt, args.trial, args.resume, quiet=args.quiet)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

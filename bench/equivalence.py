@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset import augment  # noqa: E402
 from distiller import CoCoRD  # noqa: E402
-from engine.meter import DeviceMeter  # noqa: E402
+from engine.config import build_options  # noqa: E402
 from engine.step import GraphedStep, build_optimizer, train_step  # noqa: E402
 from models import build_model  # noqa: E402
-from options.schema import build_options  # noqa: E402
+from utils.meter import DeviceMeter  # noqa: E402
 
 SMALL_HEADS = {"key_size": 256, "hidden_dim": 128, "embedding_dim": 64, "pred_dim": 32}
 

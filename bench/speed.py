@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset import GPULoader  # noqa: E402
 from dataset.cifar import CifarArrays  # noqa: E402
 from distiller import CoCoRD  # noqa: E402
+from engine.config import build_options  # noqa: E402
 from engine.data import DeviceBatches, GPUBatches  # noqa: E402
 from engine.step import GraphedStep, build_optimizer, compile_method, train_step  # noqa: E402
 from models import build_model  # noqa: E402
-from options.schema import build_options  # noqa: E402
 
 DEFAULT_PAIRS = ["resnet56:resnet20", "resnet32x4:resnet8x4", "wrn_40_2:wrn_16_2"]
 VARIANTS = {  # name -> (gpu loader, channels_last, side stream, cuda graph, compile)

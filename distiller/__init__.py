@@ -1,6 +1,17 @@
-"""Distillation methods. Each lives in one file and registers itself under its `distill:` name."""
-from distiller import cocord, kd, vanilla  # noqa: F401  (registration)
-from distiller.base import METHODS, Distiller, build_distiller, register
-from distiller.cocord import CoCoRD
+"""Distillation methods: one file each, registered under its `distill:` name.
 
-__all__ = ["METHODS", "Distiller", "build_distiller", "register", "CoCoRD"]
+Every module in this folder is imported here, so a new method is one new file: it registers itself and
+declares its options, logged terms and state (see distiller/base.py); nothing else needs to change.
+"""
+import importlib
+import pkgutil
+
+from distiller.base import METHODS, Distiller, method_class, option_schema, register
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+from distiller.cocord import CoCoRD  # noqa: E402  (the name users of the published code import)
+
+__all__ = ["METHODS", "CoCoRD", "Distiller", "method_class", "option_schema", "register"]

@@ -1,7 +1,8 @@
-"""CoCoRD, exactly as the published code computes one step (SPEC sections 1 and 2).
+"""CoCoRD, exactly as the published code computes one step (docs/method.md).
 
-The step is written so that it can be captured whole in a CUDA graph: no host synchronisation, the
-queue pointer lives on the device, moving averages are foreach operations.
+The step is written so that it can be captured whole in a CUDA graph (no host synchronisation, the queue
+pointer lives on the device) and run for several trials at once under torch.func.vmap (engine/trials.py):
+every part reads its tensors when it runs and writes them in place.
 """
 from __future__ import annotations
 
@@ -9,12 +10,29 @@ import copy
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from distiller.base import Distiller, register
-from distiller.kd import kd_loss
+from distiller.kd import KD_OPTIONS, LOSS_CLS, kd_loss
+from options.schema import NONNEG, POS, UNIT, Field, OptionsError
+from utils.distributed import gather_in_rank_order
+
+OPTIONS = {
+    "cocord": {
+        "T": Field(0.10, "float", lambda v: v >= 1e-3, "must be at least 0.001 (the logits are divided by it)"),
+        "key_size": Field(2048, "int", *POS),       # queue length
+        "momentum": Field(0.999, "float", *UNIT),   # teacher head: moving average of the student head
+        "b_momentum": Field(0.9, "float", *UNIT),   # slow student and its head
+        "pred_dim": Field(512, "int", *POS),
+        "hidden_dim": Field(2048, "int", *POS),
+        "embedding_dim": Field(2048, "int", *POS),
+    },
+    "loss_ctr": Field(1.0, "float", *NONNEG),
+    **LOSS_CLS,
+    "loss_pred": Field(4.0, "float", *NONNEG),
+    **KD_OPTIONS,
+}
 
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -29,31 +47,32 @@ def prediction_distance(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class MovingAverage:
-    """target <- m * target + (1 - m) * source over parameters only (BatchNorm statistics stay apart)."""
+    """target <- m * target + (1 - m) * source over parameters only (BatchNorm statistics stay apart).
+
+    The parameters are read at each update, not kept: several trials run as one through torch.func swap in
+    their own. foreach kernels have no vmap rule, so under vmap the same two operations go tensor by tensor."""
 
     def __init__(self, target: nn.Module, source: nn.Module, momentum: float):
-        self.targets = list(target.parameters())
-        self.sources = list(source.parameters())
-        self.momentum = momentum
+        self.target, self.source, self.momentum = target, source, momentum
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_mul_(self.targets, self.momentum)
-        torch._foreach_add_(self.targets, self.sources, alpha=1.0 - self.momentum)
-
-
-def gather_in_rank_order(x: torch.Tensor) -> torch.Tensor:
-    """Every rank's `x`, concatenated in rank order (as MoCo gathers its keys); `x` alone otherwise."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+        targets, sources = list(self.target.parameters()), list(self.source.parameters())
+        if torch._C._functorch.is_batchedtensor(targets[0]):
+            for t, s in zip(targets, sources):
+                t.mul_(self.momentum)
+                t.add_(s, alpha=1.0 - self.momentum)
+        else:
+            torch._foreach_mul_(targets, self.momentum)
+            torch._foreach_add_(targets, sources, alpha=1.0 - self.momentum)
 
 
 @register("cocord")
 class CoCoRD(Distiller):
     n_views = 3  # student view, second student view, teacher view
+    min_batch = 2  # the heads' BatchNorm1d cannot train on one image
+    options = OPTIONS
+    fixed_options = ("cocord", "loss_ctr", "loss_cls", "loss_pred", "loss_kd", "kd_T")
     accuracy_outputs = {"acc_train": "logits", "acc_cocord": None}
 
     def __init__(self, student: nn.Module, teacher: nn.Module, opt: dict[str, Any]):
@@ -61,11 +80,11 @@ class CoCoRD(Distiller):
         c = opt["cocord"]
         self.T, self.key_size = c["T"], c["key_size"]
         self.w_ctr, self.w_cls, self.w_pred = opt["loss_ctr"], opt["loss_cls"], opt["loss_pred"]
-        self.w_kd, self.kd_T = opt.get("loss_kd", 0.0), opt.get("kd_T", 4.0)
+        self.w_kd, self.kd_T = opt["loss_kd"], opt["kd_T"]
 
         self.student_head = projection_head(student.feature_dim, c["hidden_dim"], c["embedding_dim"])
         self.predictor = projection_head(c["embedding_dim"], c["pred_dim"], c["embedding_dim"])
-        # Copies as they are now, parameters and buffers (SPEC section 1).
+        # Copies as they are now, parameters and buffers.
         self.slow_student = copy.deepcopy(student)
         self.slow_student_head = copy.deepcopy(self.student_head)
         # The teacher head follows the student head only if their first layers have one shape;
@@ -153,7 +172,8 @@ class CoCoRD(Distiller):
         keys = gather_in_rank_order(keys)
         batch = keys.shape[0]
         columns = (self.queue_ptr + self._offsets[:batch]) % self.key_size
-        self.queue.index_copy_(1, columns, keys.t().to(self.queue.dtype))
+        # index_put_ on the transposed view: the column write that vmap can batch (index_copy_ it cannot)
+        self.queue.t().index_put_((columns,), keys.to(self.queue.dtype))
         self.queue_ptr.copy_((self.queue_ptr + batch) % self.key_size)
 
     def describe(self) -> list[str]:
@@ -162,10 +182,18 @@ class CoCoRD(Distiller):
         return [f"teacher and student pooled features differ ({self.teacher.feature_dim} vs "
                 f"{self.student.feature_dim}): the teacher head is random and frozen (not a moving average)"]
 
-    @staticmethod
-    def experiment_name(opt: dict[str, Any]) -> str:
+    @classmethod
+    def check_options(cls, opt: dict[str, Any], world_size: int = 1) -> None:
+        key_size, batch = opt["cocord"]["key_size"], opt["batch_size"]
+        if key_size < batch * world_size:
+            raise OptionsError(f"cocord.key_size ({key_size}) is smaller than the batch ({batch} x {world_size} "
+                               "process(es)): one batch of keys must fit in the queue; raise key_size or lower "
+                               "batch_size")
+
+    @classmethod
+    def experiment_name(cls, opt: dict[str, Any]) -> str:
         name = (f"S_{opt['student_model']}_T_{opt['teacher_model']}_{opt['dataset']}_cocord_"
                 f"ctr{float(opt['loss_ctr'])}cls{float(opt['loss_cls'])}p{float(opt['loss_pred'])}")
-        if opt.get("loss_kd", 0.0) > 0:
+        if opt["loss_kd"] > 0:
             name += f"kd{float(opt['loss_kd'])}"
         return name

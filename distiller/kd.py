@@ -7,22 +7,40 @@ import torch
 import torch.nn.functional as F
 
 from distiller.base import Distiller, register
+from options.schema import NONNEG, POS, Field, OptionsError
+
+LOSS_CLS = {"loss_cls": Field(1.0, "float", *NONNEG)}
+KD_OPTIONS = {
+    "loss_kd": Field(0.0, "float", *NONNEG),  # weight of the KD term; 0 turns it off (plain CoCoRD)
+    "kd_T": Field(4.0, "float", *POS),        # its temperature
+}
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2, batch mean (as in CRD/mdistiller)."""
+    """KL(softmax(t/T) || softmax(s/T)) * T^2, batch mean (as in CRD/mdistiller).
+
+    Written out (xlogy is the 0 log 0 = 0 of kl_div) rather than F.kl_div, which torch.func.vmap can only
+    run one trial at a time."""
     log_p_s = F.log_softmax(student_logits / T, dim=1)
     p_t = F.softmax(teacher_logits / T, dim=1)
-    return F.kl_div(log_p_s, p_t, reduction="batchmean") * (T * T)
+    return (torch.xlogy(p_t, p_t) - p_t * log_p_s).sum() / student_logits.shape[0] * (T * T)
 
 
 @register("kd")
 class KD(Distiller):
     n_views = 1
+    options = {**LOSS_CLS, **KD_OPTIONS}
+    fixed_options = ("loss_cls", "loss_kd", "kd_T")
 
     def __init__(self, student, teacher, opt: dict[str, Any]):
         super().__init__(student, teacher, opt)
         self.w_cls, self.w_kd, self.T = opt["loss_cls"], opt["loss_kd"], opt["kd_T"]
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any], world_size: int = 1) -> None:
+        if opt["loss_kd"] == 0:
+            raise OptionsError("distill: kd with loss_kd 0 is plain training; set loss_kd "
+                               "(CRD's KD baseline: loss_cls 0.1, loss_kd 0.9, kd_T 4)")
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.student(x)
@@ -33,7 +51,7 @@ class KD(Distiller):
         loss = loss_cls * self.w_cls + loss_kd * self.w_kd
         return {"loss": loss, "loss_cls": loss_cls, "loss_kd": loss_kd, "logits": logits}
 
-    @staticmethod
-    def experiment_name(opt: dict[str, Any]) -> str:
+    @classmethod
+    def experiment_name(cls, opt: dict[str, Any]) -> str:
         return (f"S_{opt['student_model']}_T_{opt['teacher_model']}_{opt['dataset']}_kd_"
                 f"cls{float(opt['loss_cls'])}kd{float(opt['loss_kd'])}T{float(opt['kd_T'])}")

@@ -19,7 +19,7 @@ class Vanilla(Distiller):
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "loss_cls": loss, "logits": logits}
 
-    @staticmethod
-    def experiment_name(opt: dict[str, Any]) -> str:
+    @classmethod
+    def experiment_name(cls, opt: dict[str, Any]) -> str:
         # CRD's teacher folders are `<arch>_vanilla`; fetch and train leave teachers in the same shape.
         return f"{opt['student_model']}_{opt['dataset']}_vanilla"

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine.meter import DeviceMeter
+from utils.meter import DeviceMeter
 
 
 def is_distributed() -> bool:
@@ -85,9 +85,9 @@ def wrap(method: nn.Module, opt: dict[str, Any], device: torch.device
 @torch.no_grad()
 def check_identical(method: nn.Module) -> None:
     """Every rank must hold the same modules and queue; a cheap fingerprint per part, compared."""
-    names = [n for n, _ in method.named_children() if n != "teacher"] + ["queue"]
-    mine = torch.stack([_fingerprint(getattr(method, n)) for n in names]).to(
-        next(method.parameters()).device)
+    state = method.replicated_state()
+    names = list(state)
+    mine = torch.stack([_fingerprint(state[n]) for n in names]).to(next(method.parameters()).device)
     every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     for rank, theirs in enumerate(every):
@@ -96,8 +96,6 @@ def check_identical(method: nn.Module) -> None:
             raise RuntimeError(f"ranks diverged: {', '.join(differs)} differ between this rank and rank {rank}")
 
 
-def _fingerprint(part: Any) -> torch.Tensor:
-    tensors = [part] if isinstance(part, torch.Tensor) else list(part.state_dict().values())
-    return sum((t.double() * (1 + torch.arange(t.numel(), device=t.device).view(t.shape) % 7)).sum()
-               for t in tensors if t.numel())
+def _fingerprint(t: torch.Tensor) -> torch.Tensor:
+    return (t.double() * (1 + torch.arange(t.numel(), device=t.device).view(t.shape) % 7)).sum()
 

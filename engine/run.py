@@ -14,15 +14,15 @@ import numpy as np
 import torch
 
 from dataset import DataError
-from distiller import METHODS
+from distiller import method_class
 from engine import distributed
 from engine.checkpoint import ResumeError, load_checkpoint, resolve_resume, set_rng_state
 from engine.data import build_data
-from engine.progress import Progress
 from engine.step import build_optimizer, compile_method
 from engine.trainer import RunState, Trainer, TrainingDiverged, evaluate
 from models import CheckpointError, build_model, load_teacher, model_dict, unknown_model_message
 from options.schema import OptionsError, dump_options
+from utils.progress import Progress
 
 USER_ERRORS = (OptionsError, CheckpointError, DataError, ResumeError)
 # Options that define what is trained: a resume must not change them.
@@ -84,13 +84,8 @@ def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> d
     """Train as `opt` (from options.schema.load_options) says; returns what results.json holds."""
     rank, world = distributed.setup(opt)
     say = (lambda text: print(text, flush=True)) if rank == 0 and not quiet else (lambda text: None)
-    if opt["distill"] not in METHODS:
-        raise OptionsError(f"option 'distill' must be one of {', '.join(sorted(METHODS))}, got {opt['distill']!r}")
-    method_cls = METHODS[opt["distill"]]
-    if opt["distill"] == "cocord" and opt["cocord"]["key_size"] < opt["batch_size"] * world:
-        raise OptionsError(f"cocord.key_size ({opt['cocord']['key_size']}) is smaller than the batch "
-                           f"({opt['batch_size']} x {world} process(es)): one batch of keys must fit in the queue; "
-                           "raise key_size or lower batch_size")
+    method_cls = method_class(opt["distill"])
+    method_cls.check_options(opt, world)
     for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
         if opt[key] not in model_dict:
             raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from distiller import Distiller
-from engine.meter import DeviceMeter
+from utils.meter import DeviceMeter
 
 
 def build_optimizer(method: Distiller, opt: dict) -> torch.optim.SGD:

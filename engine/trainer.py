@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from distiller import Distiller
 from engine.checkpoint import atomic_save, atomic_write, rng_state
-from engine.meter import DeviceMeter, topk_hits
-from engine.progress import Progress
 from engine.step import GraphedStep, lr_at, train_step
+from utils.meter import DeviceMeter, topk_hits
+from utils.progress import Progress
 
 TAGS = {  # the published TensorBoard tags (SPEC section 5) and ours beside them
     "loss": "loss_train/total", "acc_train_top1": "acc_train/top_1", "acc_train_top5": "acc_train/top_5",

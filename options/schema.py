@@ -1,7 +1,8 @@
-"""The options file: published keys and defaults (SPEC section 6), plus ours, validated in one place.
+"""The options file: the published keys and defaults, plus ours, each with a type and a range.
 
-Every key has a default, a type and (where it matters) a range. A file written for the published
-code runs unchanged; a typo is an error that names the closest valid key, never silently ignored.
+A file written for the published code runs unchanged; a typo is an error that names the closest valid
+key, never silently ignored. This module imports no torch, so `main.py` checks the common keys at once;
+each method's own keys are declared in its file and joined to these by `engine.config`.
 """
 from __future__ import annotations
 
@@ -44,9 +45,11 @@ def _unit(v: Any) -> bool:
 
 POS, NONNEG, UNIT = (_positive, "must be > 0"), (_non_negative, "must be >= 0"), (_unit, "must be in [0, 1]")
 
-SCHEMA: dict[str, Any] = {
+# Keys every run has, whatever its method. Each method adds its own keys (its `options`, in its own
+# file under distiller/); `engine.config` checks a file against both.
+COMMON: dict[str, Any] = {
     "student_model": Field("resnet20", "str"),
-    "teacher_model": Field("resnet56", "str"),
+    "teacher_model": Field("resnet56", "str"),  # `auto`: the architecture the teacher checkpoint holds
     "gpu": Field(0, "int", *NONNEG, nullable=True),
     "dataset": Field("cifar100", "str", choices=("cifar100", "imagenet")),
     "data_folder": Field("./data_cifar100", "str"),
@@ -67,23 +70,9 @@ SCHEMA: dict[str, Any] = {
         "resume": Field(None, "str", nullable=True),
         "teacher": Field("./t_model/resnet56/ckpt_epoch_240.pth", "str", nullable=True),
     },
-    "cocord": {
-        "T": Field(0.10, "float", *POS),
-        "key_size": Field(2048, "int", *POS),
-        "momentum": Field(0.999, "float", *UNIT),
-        "b_momentum": Field(0.9, "float", *UNIT),
-        "pred_dim": Field(512, "int", *POS),
-        "hidden_dim": Field(2048, "int", *POS),
-        "embedding_dim": Field(2048, "int", *POS),
-    },
-    "distill": Field("cocord", "str"),  # checked against the method registry by the trainer
+    "distill": Field("cocord", "str"),  # one of the registered methods (distiller/)
     "seed": Field(None, "int", *NONNEG, nullable=True),
     "pin_memory": Field(True, "bool"),
-    "loss_ctr": Field(1.0, "float", *NONNEG),
-    "loss_cls": Field(1.0, "float", *NONNEG),
-    "loss_pred": Field(4.0, "float", *NONNEG),
-    "loss_kd": Field(0.0, "float", *NONNEG),
-    "kd_T": Field(4.0, "float", *POS),
     "n_cls": Field(100, "int", *POS),
     "experiments_dir": Field("experiments", "str"),
     "sync_bn": Field(False, "bool"),
@@ -99,10 +88,22 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def defaults() -> dict[str, Any]:
-    def walk(node: dict[str, Any]) -> dict[str, Any]:
-        return {k: walk(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in node.items()}
-    return walk(SCHEMA)
+def merge_schemas(*parts: dict[str, Any]) -> dict[str, Any]:
+    """One schema from several (COMMON and each method's keys); a key two parts declare must agree."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, node in part.items():
+            if key not in merged:
+                merged[key] = dict(node) if isinstance(node, dict) else node
+            elif isinstance(node, dict) and isinstance(merged[key], dict):
+                merged[key] = merge_schemas(merged[key], node)
+            elif merged[key] != node:
+                raise ValueError(f"option '{key}' is declared twice with different rules")
+    return merged
+
+
+def defaults(schema: dict[str, Any] = COMMON) -> dict[str, Any]:
+    return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
 
 
 def _closest(name: str, valid: list[str]) -> str:
@@ -144,35 +145,32 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
     return value
 
 
-def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any) -> None:
+def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any, partial: bool) -> None:
     if not isinstance(given, dict):
         raise OptionsError(f"option '{where or 'file'}' must be a mapping of keys, got {given!r}")
     for key, value in given.items():
         full = f"{where}.{key}" if where else str(key)
         if key not in schema:
+            if partial and not where:
+                continue  # a method's key: checked once the methods are known (engine.config)
             raise OptionsError(f"unknown option '{full}'{_closest(str(key), list(schema))}")
         node = schema[key]
         if isinstance(node, dict):
-            _merge(full, node, base[key], {} if value is None else value)
+            _merge(full, node, base[key], {} if value is None else value, partial)
         else:
             base[key] = _coerce(full, node, value)
 
 
-def _check_relations(opt: dict[str, Any]) -> None:
-    if opt["distill"] == "kd" and opt["loss_kd"] == 0:
-        raise OptionsError("distill: kd with loss_kd 0 is plain training; set loss_kd "
-                           "(CRD's KD baseline: loss_cls 0.1, loss_kd 0.9, kd_T 4)")
+def build_options(given: dict[str, Any], overrides: list[str] = (), schema: dict[str, Any] = COMMON,
+                  partial: bool = False) -> dict[str, Any]:
+    """Defaults, then the file's values, then `key.sub=value` overrides; all validated against `schema`.
+    `partial` skips unknown top-level keys: the check `main.py` makes before the methods are imported."""
+    opt = defaults(schema)
+    _merge("", schema, opt, given, partial)
+    _merge("", schema, opt, parse_overrides(overrides), partial)
     decay = opt["lr_decay_epochs"]
     if decay != sorted(decay):
         raise OptionsError(f"option 'lr_decay_epochs' must be increasing, got {decay}")
-
-
-def build_options(given: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
-    """Defaults, then the file's values, then `key.sub=value` overrides; all validated."""
-    opt = defaults()
-    _merge("", SCHEMA, opt, given)
-    _merge("", SCHEMA, opt, parse_overrides(overrides))
-    _check_relations(opt)
     return opt
 
 
@@ -197,7 +195,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return tree
 
 
-def load_options(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+def read_options_file(path: str | Path) -> dict[str, Any]:
+    """The file's mapping of keys, read with the safe YAML loader."""
     path = Path(path)
     if not path.is_file():
         raise OptionsError(f"options file {path} not found; start from options/train_student.yml")
@@ -207,7 +206,7 @@ def load_options(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise OptionsError(f"options file {path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
-    return build_options(given or {}, overrides)
+    return given or {}
 
 
 def dump_options(opt: dict[str, Any], path: Path) -> None:

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distiller import CoCoRD  # noqa: E402
 from engine import distributed  # noqa: E402
-from engine.meter import DeviceMeter  # noqa: E402
+from engine.config import build_options  # noqa: E402
 from engine.step import build_optimizer, train_step  # noqa: E402
 from models import build_model  # noqa: E402
-from options.schema import build_options  # noqa: E402
+from utils.meter import DeviceMeter  # noqa: E402
 
 out = Path(sys.argv[1])
 opt = build_options({"student_model": "resnet8", "teacher_model": "resnet14", "batch_size": 8, "n_cls": 10, "seed": 0,

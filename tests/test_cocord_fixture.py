@@ -5,9 +5,9 @@ from conftest import FIXTURES
 from helpers import rel_err
 
 from distiller import CoCoRD
+from engine.config import build_options
 from engine.step import build_optimizer, train_step
 from models import build_model
-from options.schema import build_options
 
 STEPS_FILE = FIXTURES / "cocord_steps_resnet8_resnet14.pt"
 

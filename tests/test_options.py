@@ -6,8 +6,10 @@ import yaml
 from conftest import ROOT
 from helpers import run_main, tiny_options, write_yaml
 
-from engine.progress import Progress
-from options.schema import OptionsError, build_options, defaults, load_options, parse_overrides
+from distiller import option_schema
+from engine.config import build_options, load_options
+from options.schema import OptionsError, defaults, parse_overrides
+from utils.progress import Progress
 
 PUBLISHED = """student_model: resnet20
 teacher_model: resnet56
@@ -50,7 +52,7 @@ def test_a_published_options_file_runs_unchanged(tmp_path):
     path.write_text(PUBLISHED)
     opt = load_options(path)
     assert opt["weight_decay"] == 5e-4  # YAML 1.1 reads 5e-4 as text; it is still a number
-    assert opt == defaults() == load_options(ROOT / "options" / "train_student.yml")
+    assert opt == defaults(option_schema()) == load_options(ROOT / "options" / "train_student.yml")
 
 
 def test_overrides_nest_and_parse_values():

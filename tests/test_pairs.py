@@ -6,9 +6,9 @@ from conftest import ROOT
 from helpers import TINY_COCORD
 
 from distiller import CoCoRD
+from engine.config import build_options
 from engine.step import build_optimizer, train_step
 from models import build_model
-from options.schema import build_options
 
 TABLES = yaml.safe_load((ROOT / "tools" / "paper_results.yml").read_text())
 PAIRS = [(row["teacher"], row["student"]) for table in TABLES.values() for row in table]

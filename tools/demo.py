@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset import write_demo_cifar  # noqa: E402
-from options.schema import load_options  # noqa: E402
+from engine.config import load_options  # noqa: E402
 
 STEPS = [("teacher", "options/demo_teacher.yml"), ("student (CoCoRD)", "options/demo_student.yml")]
 
