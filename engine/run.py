@@ -18,8 +18,9 @@ from distiller import method_class
 from engine import distributed
 from engine.checkpoint import ResumeError, load_checkpoint, resolve_resume, set_rng_state
 from engine.data import build_data
+from engine.evaluation import evaluate
 from engine.step import build_optimizer, compile_method
-from engine.trainer import RunState, Trainer, TrainingDiverged, evaluate
+from engine.trainer import RunState, Trainer, TrainingDiverged
 from models import CheckpointError, build_model, load_teacher, model_dict, unknown_model_message
 from options.schema import OptionsError, dump_options
 from utils.progress import Progress

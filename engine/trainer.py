@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from distiller import Distiller
 from engine.checkpoint import atomic_save, atomic_write, rng_state
+from engine.evaluation import evaluate
 from engine.step import GraphedStep, lr_at, train_step
-from utils.meter import DeviceMeter, topk_hits
+from utils.meter import DeviceMeter
 from utils.progress import Progress
 
 TAGS = {  # the published TensorBoard tags (SPEC section 5) and ours beside them
@@ -28,26 +28,6 @@ TAGS = {  # the published TensorBoard tags (SPEC section 5) and ours beside them
 
 class TrainingDiverged(RuntimeError):
     """A loss term stopped being finite; the message names the term, the epoch and the step."""
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Any, reduce: Any = None) -> dict[str, float]:
-    """Test loss and top-1/top-5 (%) of `model` in eval mode; one host read at the end.
-    `reduce` sums the totals across processes when each one saw a shard of the test set."""
-    was_training = model.training
-    model.eval()
-    totals = None
-    for images, labels in batches:
-        logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        batch = torch.cat([loss.double().view(1), topk_hits(logits, labels).double(),
-                           torch.tensor([labels.shape[0]], dtype=torch.float64, device=labels.device)])
-        totals = batch if totals is None else totals + batch
-    model.train(was_training)
-    if reduce is not None:
-        reduce(totals)
-    loss, top1, top5, count = totals.tolist()
-    return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count}
 
 
 @dataclass
