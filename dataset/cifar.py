@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .constants import CIFAR_FOLDER, CIFAR_IMAGE_SIZE
+from dataset.constants import CIFAR_FOLDER, CIFAR_IMAGE_SIZE
 
 try:  # numpy >= 2 keeps the implementation in numpy._core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct

@@ -1,6 +1,6 @@
 """Normalisation constants, kept in one place so every loader path uses the same numbers."""
 
-# CIFAR-100 channel statistics as the published code (and SPEC section 3) use them.
+# CIFAR-100 channel statistics as the published CRD/CoCoRD code uses them (docs/method.md, data pipeline).
 CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import CIFAR_FOLDER, CIFAR_IMAGE_SIZE, CIFAR_NUM_CLASSES
+from dataset.constants import CIFAR_FOLDER, CIFAR_IMAGE_SIZE, CIFAR_NUM_CLASSES
 
 try:  # the same reconstruction global the loader allows
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -53,7 +53,9 @@ def class_names(num_classes: int = CIFAR_NUM_CLASSES) -> list[str]:
     return [f"{COLOURS[ci]}_{TEXTURES[ti]}_{SHAPES[si]}" for si, ci, ti in zip(s, c, t)]
 
 
-def _object_frame(n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi: float) -> tuple[np.ndarray, np.ndarray]:
+def _object_frame(
+    n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-image object coordinates (random centre, radius, rotation): u, v arrays N x size x size."""
     f32 = np.float32
     cy, cx = (rng.uniform(0.25, 0.75, (2, n)) * size).astype(f32)
@@ -66,7 +68,9 @@ def _object_frame(n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi
     return cos * dx + sin * dy, cos * dy - sin * dx
 
 
-def _draw(shape_id: np.ndarray, texture_id: np.ndarray, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw(
+    shape_id: np.ndarray, texture_id: np.ndarray, u: np.ndarray, v: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the object and of its texture's "on" pixels; loops over the few ids, not images."""
     n = u.shape[0]
     mask = np.zeros(u.shape, dtype=bool)

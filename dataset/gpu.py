@@ -1,24 +1,23 @@
 """Fast data path: the whole uint8 set on the device and batch augmentation there.
 
 Per view the result equals torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip +
-ToTensor + Normalize (SPEC section 3): crop and flip are one gather from the zero-padded image,
-ToTensor + Normalize one fused multiply-add. No Python loops over images, no host syncs, no
-data-dependent shapes; the same code runs on CPU and CUDA.
+ToTensor + Normalize, the published training augmentation (docs/method.md): crop and flip are
+one gather from the zero-padded image, ToTensor + Normalize one fused multiply-add. No Python
+loops over images, no host syncs, no data-dependent shapes; the same code runs on CPU and CUDA.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR_IMAGE_SIZE, CIFAR_PADDING
+from dataset.constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR_IMAGE_SIZE, CIFAR_PADDING
 
 _S = CIFAR_IMAGE_SIZE
 _P = CIFAR_PADDING
-_Stats = Optional[torch.Tensor | Sequence[float]]
+_Stats = torch.Tensor | Sequence[float] | None
 _SCALE_SHIFT_CACHE: dict[tuple[str, tuple[float, ...], tuple[float, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -191,9 +190,10 @@ class GPULoader:
         stop = len(self) * self.batch_size if self.drop_last else m
         for start in range(0, stop, self.batch_size):
             sl = slice(start, min(start + self.batch_size, m))
-            x = _gather_normalize(
-                self._padded, index[:, sl], oy[:, sl], ox[:, sl], flip[:, sl], self._scale, self._shift, self.channels_last
-            )  # all views of the batch in one gather: V*B images
+            x = _gather_normalize(  # all views of the batch in one gather: V*B images
+                self._padded, index[:, sl], oy[:, sl], ox[:, sl], flip[:, sl],
+                self._scale, self._shift, self.channels_last,
+            )
             yield list(x.split(sl.stop - sl.start)), labels[sl]
 
 
@@ -215,7 +215,8 @@ class GPUTestLoader:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         src = images_u8.to(self.device)
         # Normalised once: 10k CIFAR images are 123 MB of float32; batches are then free slices.
-        self._images = torch.addcmul(shift, src, scale, out=torch.empty(src.shape, device=self.device, memory_format=fmt))
+        out = torch.empty(src.shape, device=self.device, memory_format=fmt)
+        self._images = torch.addcmul(shift, src, scale, out=out)
         self._labels = labels.to(self.device, torch.int64)
 
     def __len__(self) -> int:

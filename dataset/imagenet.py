@@ -7,9 +7,9 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
-from .cifar import DataError
-from .constants import IMAGENET_MEAN, IMAGENET_STD
-from .views import MultiViewTransform, seed_worker
+from dataset.cifar import DataError
+from dataset.constants import IMAGENET_MEAN, IMAGENET_STD
+from dataset.views import MultiViewTransform, seed_worker
 
 
 def _image_folder(root: Path, transform: Callable) -> datasets.ImageFolder:
@@ -45,6 +45,8 @@ def build_imagenet_loaders(
     train_sampler = sampler_factory(train_set) if sampler_factory else None
     val_sampler = sampler_factory(val_set) if sampler_factory else None
     common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=seed_worker)
-    train_loader = DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler, drop_last=False, **common)
+    train_loader = DataLoader(
+        train_set, shuffle=train_sampler is None, sampler=train_sampler, drop_last=False, **common
+    )
     val_loader = DataLoader(val_set, shuffle=False, sampler=val_sampler, drop_last=False, **common)
     return train_loader, val_loader

@@ -11,8 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from .cifar import CifarArrays
-from .constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR_IMAGE_SIZE, CIFAR_PADDING
+from dataset.cifar import CifarArrays
+from dataset.constants import CIFAR100_MEAN, CIFAR100_STD, CIFAR_IMAGE_SIZE, CIFAR_PADDING
 
 
 def cifar_train_transform() -> Callable[[Image.Image], torch.Tensor]:

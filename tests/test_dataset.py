@@ -13,8 +13,6 @@ from torch.utils.data import DistributedSampler
 from torchvision import transforms
 
 from dataset import (
-    CIFAR100_MEAN,
-    CIFAR100_STD,
     DataError,
     GPULoader,
     GPUTestLoader,
@@ -28,6 +26,7 @@ from dataset import (
     write_demo_cifar,
     write_demo_imagefolder,
 )
+from dataset.constants import CIFAR100_MEAN, CIFAR100_STD
 
 MEAN = torch.tensor(CIFAR100_MEAN).view(3, 1, 1)
 STD = torch.tensor(CIFAR100_STD).view(3, 1, 1)
