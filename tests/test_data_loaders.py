@@ -1,0 +1,195 @@
+"""The loaders: GPULoader / GPUTestLoader (on the CPU, and on CUDA where present), torchvision's, ImageNet's."""
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import DistributedSampler
+from torchvision import transforms
+
+from dataset import (
+    DataError,
+    GPULoader,
+    GPUTestLoader,
+    MultiViewCIFAR,
+    augment,
+    build_imagenet_loaders,
+    build_torchvision_loaders,
+    crop_flip_normalize,
+    load_cifar100,
+    make_tiny_cifar,
+    write_demo_imagefolder,
+)
+from dataset.constants import CIFAR100_MEAN, CIFAR100_STD
+
+MEAN = torch.tensor(CIFAR100_MEAN).view(3, 1, 1)
+STD = torch.tensor(CIFAR100_STD).view(3, 1, 1)
+NORMALIZE = transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg and msg.strip() == msg and msg
+    return msg
+
+
+def to_u8(x: torch.Tensor) -> torch.Tensor:
+    """Undo normalisation (channels at dim -3): back to the 0..255 pixel values."""
+    return ((x * STD + MEAN) * 255).round().to(torch.int64)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_cifar(str(root), n_train=128, n_test=64, num_classes=10, seed=0)
+    return root, load_cifar100(str(root))
+
+
+# ---------------------------------------------------------------- GPULoader (CPU device)
+def _id_images(n: int):
+    """Constant images whose channel-0 value is id+1 (the centre pixel is never padding)."""
+    images = (torch.arange(n) + 1).view(n, 1, 1, 1).expand(n, 3, 32, 32).to(torch.uint8).clone()
+    return images, torch.arange(n) % 7
+
+
+def _ids(views):
+    return to_u8(views[:, :, 16:17, 16:17])[:, 0, 0, 0] - 1
+
+
+def _epoch(loader, seed):
+    loader.set_epoch_seed(seed)
+    return list(loader)
+
+
+def test_gpu_loader_epoch():
+    images, labels = _id_images(103)
+    loader = GPULoader(images, labels, batch_size=16, n_views=3, device="cpu")
+    batches = _epoch(loader, 5)
+    assert len(loader) == len(batches) == 7 and [len(y) for _, y in batches] == [16] * 6 + [7]
+    ids = []
+    for views, y in batches:
+        assert isinstance(views, list) and len(views) == 3
+        assert all(v.shape == (len(y), 3, 32, 32) and v.dtype == torch.float32 for v in views)
+        batch_ids = _ids(views[0])
+        assert all(torch.equal(_ids(v), batch_ids) for v in views)  # views of the same images
+        assert torch.equal(y, batch_ids % 7)  # labels match
+        ids.append(batch_ids)
+    ids = torch.cat(ids)
+    assert torch.equal(ids.sort().values, torch.arange(103)) and not torch.equal(ids, torch.arange(103))
+    # Views are independent: they differ somewhere (padding position).
+    assert not torch.equal(batches[0][0][0], batches[0][0][1])
+    # Same seed: same order and views; another seed: another order.
+    same = _epoch(loader, 5)
+    assert all(torch.equal(a, b) for (va, _), (vb, _) in zip(batches, same) for a, b in zip(va, vb))
+    other = torch.cat([_ids(v[0]) for v, _ in _epoch(loader, 6)])
+    assert not torch.equal(other, ids)
+
+
+def test_gpu_loader_options():
+    images, labels = _id_images(103)
+    loader = GPULoader(images, labels, batch_size=16, n_views=2, device="cpu", drop_last=True, channels_last=True)
+    batches = _epoch(loader, 0)
+    assert len(loader) == len(batches) == 6 and all(len(y) == 16 for _, y in batches)
+    assert batches[0][0][1].is_contiguous(memory_format=torch.channels_last)
+    ordered = GPULoader(images, labels, batch_size=50, n_views=1, device="cpu", shuffle=False)
+    assert torch.equal(torch.cat([_ids(v[0]) for v, _ in _epoch(ordered, 0)]), torch.arange(103))
+
+
+def test_gpu_loader_two_ranks_cover_the_data():
+    images, labels = _id_images(103)
+    ranks = [GPULoader(images, labels, 16, 1, "cpu", rank=r, world_size=2) for r in range(2)]
+    per_rank = [torch.cat([_ids(v[0]) for v, _ in _epoch(loader, 3)]) for loader in ranks]
+    assert len(ranks[0]) == len(ranks[1]) == 4 and [len(p) for p in per_rank] == [52, 52]
+    assert set(torch.cat(per_rank).tolist()) == set(range(103))  # 104 = 103 + one repeat
+    assert len(set(per_rank[0].tolist()) & set(per_rank[1].tolist())) <= 1
+
+
+def test_gpu_test_loader_matches_torchvision(tiny):
+    arrays = tiny[1]
+    loader = GPUTestLoader(arrays.test_images, arrays.test_labels, batch_size=48, device="cpu")
+    batches = list(loader)
+    assert len(loader) == 2 and [len(y) for _, y in batches] == [48, 16]
+    assert torch.equal(torch.cat([y for _, y in batches]), arrays.test_labels)
+    pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in arrays.test_images]
+    ref = torch.stack([NORMALIZE(TF.to_tensor(im)) for im in pil])
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), ref, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- torchvision (CPU) path
+def test_multiview_cifar_item():
+    images = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)
+    torch.manual_seed(0)
+    views, label = MultiViewCIFAR(images, torch.tensor([3, 1, 2, 0]), n_views=3)[0]
+    assert label == 3 and isinstance(views, tuple) and len(views) == 3
+    assert all(v.shape == (3, 32, 32) and v.dtype == torch.float32 for v in views)
+    assert len({v.numpy().tobytes() for v in views}) > 1  # independent crops
+    for v in views:  # every pixel is the image's value or black padding, normalised with CIFAR stats
+        values = set(to_u8(v).flatten().tolist())
+        assert values <= {0, 128} and to_u8(v)[:, 12:20, 12:20].eq(128).all()
+    test_image, _ = MultiViewCIFAR(images, torch.zeros(4, dtype=torch.long), train=False)[1]
+    torch.testing.assert_close(test_image, ((128 / 255 - MEAN) / STD).expand(3, 32, 32), atol=1e-6, rtol=0)
+
+
+def test_torchvision_loaders(tiny):
+    arrays = tiny[1]
+    train, test = build_torchvision_loaders(arrays, batch_size=48, n_views=3, num_workers=0, pin_memory=False)
+    batches = list(train)
+    assert [len(y) for _, y in batches] == [48, 48, 32]  # last batch partial
+    views, labels = batches[0]
+    assert len(views) == 3 and all(v.shape == (48, 3, 32, 32) for v in views) and labels.dtype == torch.int64
+    test_batches = list(test)
+    assert [x.shape for x, _ in test_batches] == [(48, 3, 32, 32), (16, 3, 32, 32)]
+    assert torch.equal(torch.cat([y for _, y in test_batches]), arrays.test_labels)  # not shuffled
+    sampler = DistributedSampler(range(128), num_replicas=2, rank=0, shuffle=True, seed=0)
+    train, _ = build_torchvision_loaders(arrays, 48, 3, 0, False, sampler=sampler)
+    assert len(train) == 2
+
+
+def test_torchvision_loader_workers_repeatable(tiny):
+    train, _ = build_torchvision_loaders(tiny[1], batch_size=64, n_views=2, num_workers=2, pin_memory=False)
+
+    def first_batch(seed):
+        torch.manual_seed(seed)  # the global RNG state decides order and worker seeds
+        views, labels = next(iter(train))
+        return torch.cat(views), labels
+
+    a, b, c = first_batch(123), first_batch(123), first_batch(124)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
+
+
+# ---------------------------------------------------------------- ImageNet folders
+def test_imagenet_loaders(tmp_path):
+    write_demo_imagefolder(str(tmp_path), num_classes=3, per_class=4, size=64, seed=0)
+    train, val = build_imagenet_loaders(str(tmp_path), batch_size=5, n_views=2, num_workers=0, pin_memory=False)
+    views, labels = next(iter(train))
+    assert len(views) == 2 and all(v.shape == (5, 3, 224, 224) for v in views) and labels.shape == (5,)
+    images, labels = next(iter(val))
+    assert images.shape == (5, 3, 224, 224) and len(train.dataset.classes) == 3
+    with pytest.raises(DataError) as err:
+        build_imagenet_loaders(str(tmp_path / "none"), 5, 2, 0, False)
+    assert str(tmp_path / "none" / "train") in one_line(err)
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_path_on_cuda_matches_cpu_without_host_syncs():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 32, 32), generator=g, dtype=torch.uint8)
+    oy, ox = torch.randint(0, 9, (2, 300), generator=g)
+    flip = torch.rand(300, generator=g) < 0.5
+    cpu = crop_flip_normalize(images, oy, ox, flip)
+    cuda = crop_flip_normalize(images.cuda(), oy.cuda(), ox.cuda(), flip.cuda(), channels_last=True)
+    torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-6, rtol=0)
+    ids, labels = _id_images(250)
+    loader = GPULoader(ids, labels, batch_size=64, n_views=3, device="cuda")
+    loader.set_epoch_seed(7)
+    images_cuda, gen = images.cuda(), torch.Generator(device="cuda").manual_seed(1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync in the epoch raises
+    try:
+        batches = list(loader)
+        augment(images_cuda, gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got = torch.cat([_ids(v[2].cpu()) for v, _ in batches])
+    assert torch.equal(got.sort().values, torch.arange(250))
+    assert torch.equal(torch.cat([y.cpu() for _, y in batches]), got % 7)
