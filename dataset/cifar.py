@@ -91,6 +91,8 @@ def _read_split(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tenso
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{path}: 'data' must be a uint8 N x {_ROW_LENGTH} array, found {what}")
+    if data.shape[0] == 0:  # caught here, before a run creates its folder, not as an empty epoch later
+        raise DataError(f"{path} holds no images")
     if data.shape[1] != _ROW_LENGTH:
         raise DataError(f"{path}: each row of 'data' must hold {_ROW_LENGTH} bytes (3x32x32), found {data.shape[1]}")
     try:

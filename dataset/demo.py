@@ -148,7 +148,8 @@ def _dump(obj: dict[str, object], path: Path) -> None:
 
 
 def _split_dict(labels: np.ndarray, images_hwc: np.ndarray, names: list[str], batch_label: str) -> dict[str, object]:
-    data = np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2)).reshape(len(labels), -1)  # channel-major rows
+    rows = np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2))
+    data = rows.reshape(len(labels), 3 * CIFAR_IMAGE_SIZE**2)  # channel-major rows (also for an empty split)
     return {
         "filenames": [f"{names[k]}_s_{i:06d}.png" for i, k in enumerate(labels)],
         "batch_label": batch_label,

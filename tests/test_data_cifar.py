@@ -4,6 +4,7 @@ import pickle
 import numpy as np
 import pytest
 import torchvision
+from helpers import run_main, tiny_options, write_yaml
 
 from dataset import DataError, load_cifar100, make_tiny_cifar
 
@@ -85,3 +86,44 @@ def test_modern_pickle_reads(tiny, tmp_path):
     _write_split(tiny[0], tmp_path, {"data": np.full((2, 3072), 7, np.uint8), "fine_labels": [3, 4]})
     arrays = load_cifar100(str(tmp_path))
     assert arrays.train_labels.tolist() == [3, 4] and int(arrays.train_images.max()) == 7
+
+
+def _write_split_labels(path, labels):
+    with open(path, "wb") as f:
+        pickle.dump({"data": np.zeros((len(labels), 3072), np.uint8), "fine_labels": labels}, f, protocol=4)
+
+
+def test_label_range_follows_the_files_class_list(tiny, tmp_path):
+    # The bound is the meta file's class count, not a fixed 100: a 20-class file accepts 19 and refuses 20.
+    path = _write_split(tiny[0], tmp_path, {"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 19]})
+    with open(path.parent / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class_{i}" for i in range(20)]}, f, protocol=4)
+    assert load_cifar100(str(tmp_path)).num_classes == 20
+    _write_split_labels(path, [0, 20])
+    with pytest.raises(DataError) as err:
+        load_cifar100(str(tmp_path))
+    msg = one_line(err)
+    assert str(path) in msg and "0..19" in msg and "0..20" in msg
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_split_is_refused(tmp_path, split):
+    # The project's own writer makes a real-format file whose split has no rows.
+    counts = {"n_train": 0, "n_test": 8} if split == "train" else {"n_train": 8, "n_test": 0}
+    folder = make_tiny_cifar(str(tmp_path), **counts)
+    with open(folder / split, "rb") as f:
+        assert pickle.load(f, encoding="latin1")["data"].shape == (0, 3072)
+    with pytest.raises(DataError) as err:
+        load_cifar100(str(tmp_path))
+    assert one_line(err) == f"{folder / split} holds no images"
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_split_stops_a_run_before_it_writes(tmp_path, split):
+    counts = {"n_train": 0, "n_test": 8} if split == "train" else {"n_train": 8, "n_test": 0}
+    folder = make_tiny_cifar(str(tmp_path / "data"), **counts)
+    options = tiny_options(str(tmp_path / "data"), None, distill="none", epochs=1)
+    done = run_main(["-opt", write_yaml(tmp_path / "opt.yml", options)], tmp_path, timeout=120)
+    # Exit status 2 and one line, as for every bad input; no experiments folder was created.
+    assert done.returncode == 2 and done.stderr == f"error: {folder / split} holds no images\n", done.stderr
+    assert not (tmp_path / "experiments").exists()
