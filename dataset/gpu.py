@@ -7,6 +7,7 @@ loops over images, no host syncs, no data-dependent shapes; the same code runs o
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 
@@ -119,6 +120,11 @@ def _check(images_u8: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels must have shape ({images_u8.shape[0]},), got {tuple(labels.shape)}")
 
 
+def _new_generator(device: torch.device) -> torch.Generator:
+    """A loader's generator before its first `set_epoch_seed`: the same for a new loader and a sibling."""
+    return torch.Generator(device=device).manual_seed(0)
+
+
 class GPULoader:
     """Training batches made on the device: `(views, labels)`, views a list of n_views B x 3 x 32 x 32.
 
@@ -156,8 +162,18 @@ class GPULoader:
         self._labels = labels.to(self.device, torch.int64)
         self._scale, self._shift = _scale_shift(None, None, self.device)
         self.num_samples = math.ceil(self.dataset_size / world_size)  # per rank
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(0)
+        self.generator = _new_generator(self.device)
+
+    def sibling(self) -> GPULoader:
+        """A loader over the same device tensors (no second copy of images or labels), own generator.
+
+        Batch size, views, rank/world and options are this loader's. Its generator starts as a new
+        loader's does, so after `set_epoch_seed(s)` it yields exactly what a fresh GPULoader
+        seeded with s would: trials that share one dataset on the device each draw their own epochs.
+        """
+        twin = copy.copy(self)  # attributes are references: the padded set and labels are shared
+        twin.generator = _new_generator(self.device)
+        return twin
 
     def set_epoch_seed(self, seed: int) -> None:
         """Seed the loader's generator for the coming epoch (order and augmentation)."""

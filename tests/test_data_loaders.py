@@ -103,6 +103,45 @@ def test_gpu_loader_two_ranks_cover_the_data():
     assert len(set(per_rank[0].tolist()) & set(per_rank[1].tolist())) <= 1
 
 
+def _same_batches(a, b) -> bool:
+    """Bit-for-bit equal epochs: labels, number of views, every view tensor and its memory format."""
+    return len(a) == len(b) and all(
+        torch.equal(ya, yb) and len(va) == len(vb)
+        and all(torch.equal(x, y) and x.stride() == y.stride() for x, y in zip(va, vb))
+        for (va, ya), (vb, yb) in zip(a, b)
+    )
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"drop_last": True, "channels_last": True, "rank": 1, "world_size": 2},
+    {"shuffle": False},
+])
+def test_gpu_loader_siblings_share_the_data_and_match_fresh_loaders(options):
+    images, labels = _id_images(103)
+    first = GPULoader(images, labels, batch_size=16, n_views=2, device="cpu", **options)
+    first.set_epoch_seed(99)
+    list(first)  # a used loader: its siblings must not inherit its generator's state
+    group = [first, first.sibling(), first.sibling()]
+    settings = ("batch_size", "n_views", "shuffle", "drop_last", "channels_last", "rank", "world_size", "device")
+    for twin in group[1:]:
+        assert twin._padded.data_ptr() == first._padded.data_ptr()  # one copy of the padded set...
+        assert twin._labels.data_ptr() == first._labels.data_ptr()  # ...and of the labels
+        assert twin.generator is not first.generator and len(twin) == len(first)
+        assert all(getattr(twin, k) == getattr(first, k) for k in settings)
+    # Unseeded, a sibling starts where a new loader starts.
+    fresh = GPULoader(images, labels, batch_size=16, n_views=2, device="cpu", **options)
+    assert _same_batches(list(group[1]), list(fresh))
+    # Each seeded for the epoch and drawn in lockstep, as trials stepping together would: each one's
+    # epoch is exactly a fresh loader's with its seed, whatever the others draw in between.
+    seeds = (5, 6, 7)
+    for loader, seed in zip(group, seeds):
+        loader.set_epoch_seed(seed)
+    epochs = [list(e) for e in zip(*zip(*group))]
+    for epoch, seed in zip(epochs, seeds):
+        assert _same_batches(epoch, _epoch(GPULoader(images, labels, 16, 2, "cpu", **options), seed))
+    assert not torch.equal(epochs[1][0][0][0], epochs[2][0][0][0])  # another seed, other views
+
 def test_gpu_test_loader_matches_torchvision(tiny):
     arrays = tiny[1]
     loader = GPUTestLoader(arrays.test_images, arrays.test_labels, batch_size=48, device="cpu")
@@ -182,14 +221,19 @@ def test_gpu_path_on_cuda_matches_cpu_without_host_syncs():
     ids, labels = _id_images(250)
     loader = GPULoader(ids, labels, batch_size=64, n_views=3, device="cuda")
     loader.set_epoch_seed(7)
+    twin = loader.sibling()  # a second trial's loader over the same device tensors
+    twin.set_epoch_seed(7)
     images_cuda, gen = images.cuda(), torch.Generator(device="cuda").manual_seed(1)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host sync in the epoch raises
     try:
         batches = list(loader)
+        twin_batches = list(twin)
         augment(images_cuda, gen)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert twin._padded.data_ptr() == loader._padded.data_ptr()
+    assert all(torch.equal(a, b) for (va, _), (vb, _) in zip(batches, twin_batches) for a, b in zip(va, vb))
     got = torch.cat([_ids(v[2].cpu()) for v, _ in batches])
     assert torch.equal(got.sort().values, torch.arange(250))
     assert torch.equal(torch.cat([y.cpu() for _, y in batches]), got % 7)
