@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,48 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+class _PrivateRNGBatches:
+    """Batches from `batches` with torch's CPU RNG swapped for a private state while each is made."""
+
+    def __init__(self, batches: Iterator[Any], seed: int) -> None:
+        self._batches = batches
+        self._state = torch.Generator().manual_seed(seed).get_state()
+
+    def __iter__(self) -> _PrivateRNGBatches:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __next__(self) -> Any:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self._state)
+        try:
+            return next(self._batches)
+        finally:
+            self._state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
+class SeededDataLoader(DataLoader):
+    """A DataLoader whose epoch, when it has a `generator`, comes from that generator alone.
+
+    With workers torch does this already: the sampler shuffles from `generator`, and each worker's
+    torch seed is a base drawn from `generator` plus its id. Without workers the transforms would
+    draw from the global torch RNG in this process; here they draw from a private RNG seeded from
+    `generator` when the epoch starts, swapped in around each batch, so `generator.manual_seed(s)`
+    fixes order and views and the caller's global RNG is neither used nor advanced.
+    Without a generator it is a plain DataLoader (the global RNG drives the epoch).
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        if self.num_workers > 0 or self.generator is None:
+            return batches
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        return _PrivateRNGBatches(batches, seed)
+
+
 def build_torchvision_loaders(
     arrays: CifarArrays,
     batch_size: int,
@@ -96,12 +138,14 @@ def build_torchvision_loaders(
     """Train loader (shuffled, or `sampler` for distributed runs; last partial batch kept) and test loader.
 
     Train batches are `(views, labels)` with views a list of `n_views` tensors B x 3 x 32 x 32;
-    test batches are `(images, labels)`, not shuffled.
+    test batches are `(images, labels)`, not shuffled. With `generator`, `generator.manual_seed(s)`
+    before an epoch fixes its order (unless `sampler` orders it) and its views, with or without
+    workers (SeededDataLoader); without one the global torch RNG drives both, as in torch.
     """
     train_set = MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views=n_views, train=True)
     test_set = MultiViewCIFAR(arrays.test_images, arrays.test_labels, train=False)
     common = dict(num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=seed_worker)
-    train_loader = DataLoader(
+    train_loader = SeededDataLoader(
         train_set,
         batch_size=batch_size,
         shuffle=sampler is None,

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, SequentialSampler
 from torchvision import transforms
 
 from dataset import (
@@ -194,6 +194,32 @@ def test_torchvision_loader_workers_repeatable(tiny):
     a, b, c = first_batch(123), first_batch(123), first_batch(124)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
 
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_torchvision_loader_epoch_comes_from_its_generator(tiny, num_workers):
+    g = torch.Generator()
+    common = dict(batch_size=48, n_views=2, num_workers=num_workers, pin_memory=False, generator=g)
+    shuffled, _ = build_torchvision_loaders(tiny[1], **common)
+    in_order, _ = build_torchvision_loaders(tiny[1], **common, sampler=SequentialSampler(range(128)))
+
+    def epoch(loader, seed: int, global_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(global_seed)  # once the loader has a generator, the global RNG must not matter
+        g.manual_seed(seed)
+        before = torch.get_rng_state()
+        batches = [(torch.cat(views), labels) for views, labels in loader]
+        assert torch.equal(torch.get_rng_state(), before)  # nor be used or advanced by the epoch
+        return torch.cat([v for v, _ in batches]), torch.cat([y for _, y in batches])
+
+    views, labels = epoch(shuffled, 5, global_seed=0)
+    assert views.shape == (2 * 128, 3, 32, 32) and labels.shape == (128,)
+    again = epoch(shuffled, 5, global_seed=1)
+    assert torch.equal(labels, again[1]) and torch.equal(views, again[0])  # same order, same views
+    assert not torch.equal(labels, epoch(shuffled, 6, global_seed=0)[1])  # another seed, another order
+    # With the order fixed by the sampler, the views still follow the seed (the augmentation, not only the shuffle).
+    views, labels = epoch(in_order, 5, global_seed=0)
+    again, other = epoch(in_order, 5, global_seed=1), epoch(in_order, 6, global_seed=0)
+    assert torch.equal(labels, tiny[1].train_labels) and torch.equal(other[1], labels)
+    assert torch.equal(views, again[0]) and not torch.equal(views, other[0])
 
 # ---------------------------------------------------------------- ImageNet folders
 def test_imagenet_loaders(tmp_path):
