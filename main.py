@@ -1,20 +1,39 @@
 """Entry point: `python main.py -opt options/train_student.yml -t 1 [--set key=value ...] [--resume]`.
 
-Parses the command line and hands over to engine.run. Any problem with the user's input (options,
-teacher, data, resume target) ends with one line on stderr and exit status 2, before anything is written.
+Parses the command line and hands over to engine.run. Any problem with the user's input (options, teacher,
+data, trial folders, resume target) ends with one line on stderr and exit status 2, before anything is written.
 """
 import argparse
 import sys
 
 
+def parse_trials(text: str) -> list[int]:
+    """`3`, `1-5` or `1,2,4` -> trial numbers, each at least 1."""
+    numbers: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            numbers += range(int(first), int(last or first) + 1)
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1 or len(set(numbers)) != len(numbers):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a trial list: give a number (3), a range (1-5) or a list "
+                                         "(1,2,4) of distinct trials from 1")
+    return sorted(numbers)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="CoCoRD distillation (and plain training) on CIFAR-100.")
     parser.add_argument("-opt", required=True, metavar="FILE", help="YAML options file, e.g. options/train_student.yml")
-    parser.add_argument("-t", "--trial", type=int, default=1, help="trial number: the run goes to .../trial_T")
+    parser.add_argument("-t", "--trial", "-trial", dest="trials", type=parse_trials, default=[1], metavar="TRIALS",
+                        help="trial number(s): 1, a range 1-5 or a list 1,3; several train together on one device, "
+                             "each in its own .../trial_N folder")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override options, e.g. --set cocord.T=0.07 epochs=10 (recorded in options.yml)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue this options/trial's run from its last checkpoint")
+                        help="continue this options/trial's run from its last checkpoint, with the run's options")
+    parser.add_argument("--replace", action="store_true",
+                        help="archive (rename, not delete) a trial folder that holds a run with other settings")
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     return parser.parse_args(argv)
 
@@ -29,18 +48,22 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from engine.config import build_options as build_run_options
-    from engine.run import USER_ERRORS, TrainingDiverged, run
+    from engine.run import USER_ERRORS, Command, Interrupted, run
+    from engine.trainer import TrainingDiverged
+    cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv)
     try:
-        opt = build_run_options(given, args.overrides)
-        run(opt, args.trial, args.resume, quiet=args.quiet)
+        run(build_run_options(given, args.overrides), cmd)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume (the last finished epoch is saved)", file=sys.stderr)
+    except Interrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the run had anything to say
+        print("\ninterrupted before training started: nothing was written", file=sys.stderr)
         return 130
     return 0
 

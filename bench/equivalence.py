@@ -55,7 +55,7 @@ def compare_paths(pair: str = "resnet20:resnet8", device: str = "cpu", steps: in
         fast.side_stream = torch.cuda.Stream(device)
     runs = {}
     for name, method in (("reference", reference), ("fast", fast)):
-        optimizer = build_optimizer(method, opt)
+        optimizer = build_optimizer(method.trainable_parameters(), opt)
         meter = DeviceMeter(method.accuracy_outputs, device)
         step = lambda v, y, m=method, o=optimizer, me=meter: train_step(m, o, v, y, me)  # noqa: E731
         if gpu and name == "fast":

@@ -4,12 +4,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
 from dataset.cifar import DataError
 from dataset.constants import IMAGENET_MEAN, IMAGENET_STD
-from dataset.views import MultiViewTransform, seed_worker
+from dataset.views import MultiViewTransform, SeededDataLoader, seed_worker
 
 
 def _image_folder(root: Path, transform: Callable) -> datasets.ImageFolder:
@@ -28,11 +29,13 @@ def build_imagenet_loaders(
     num_workers: int,
     pin_memory: bool,
     sampler_factory: Callable[[Dataset], Sampler | None] | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """Train: `(views, label)` with n_views RandomResizedCrop(224)+flip views; val: `(image, label)`.
 
     `sampler_factory(dataset)` may return a sampler (e.g. DistributedSampler) for either split;
-    the train loader then does not shuffle by itself.
+    the train loader then does not shuffle by itself. `generator` alone decides the training epoch's order
+    and views (reseed it before each epoch), as in `build_torchvision_loaders`.
     """
     root = Path(data_folder).expanduser()
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -45,8 +48,8 @@ def build_imagenet_loaders(
     train_sampler = sampler_factory(train_set) if sampler_factory else None
     val_sampler = sampler_factory(val_set) if sampler_factory else None
     common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=seed_worker)
-    train_loader = DataLoader(
-        train_set, shuffle=train_sampler is None, sampler=train_sampler, drop_last=False, **common
+    train_loader = SeededDataLoader(
+        train_set, shuffle=train_sampler is None, sampler=train_sampler, drop_last=False, generator=generator, **common
     )
     val_loader = DataLoader(val_set, shuffle=False, sampler=val_sampler, drop_last=False, **common)
     return train_loader, val_loader

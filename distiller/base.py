@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from options.schema import COMMON, OptionsError, merge_schemas
+from utils.meter import Accuracy
 
 METHODS: dict[str, type[Distiller]] = {}
 
@@ -60,8 +61,8 @@ class Distiller(nn.Module):
     min_batch: ClassVar[int] = 1        # smaller batches cannot train it (BatchNorm1d needs 2); they are skipped
     options: ClassVar[dict[str, Any]] = {}
     fixed_options: ClassVar[tuple[str, ...]] = ()
-    # name -> output key holding logits whose correct class is `labels` (None: column 0, a contrastive positive)
-    accuracy_outputs: ClassVar[dict[str, str | None]] = {"acc_train": "logits"}
+    accuracy_outputs: ClassVar[dict[str, Accuracy]] = {"acc_train": Accuracy("logits")}
+    side_stream: torch.cuda.Stream | None = None  # set by the engine on a GPU: a method may overlap work on it
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, opt: dict[str, Any]):
         super().__init__()

@@ -17,6 +17,7 @@ from distiller.base import Distiller, register
 from distiller.kd import KD_OPTIONS, LOSS_CLS, kd_loss
 from options.schema import NONNEG, POS, UNIT, Field, OptionsError
 from utils.distributed import gather_in_rank_order
+from utils.meter import Accuracy
 
 OPTIONS = {
     "cocord": {
@@ -73,7 +74,7 @@ class CoCoRD(Distiller):
     min_batch = 2  # the heads' BatchNorm1d cannot train on one image
     options = OPTIONS
     fixed_options = ("cocord", "loss_ctr", "loss_cls", "loss_pred", "loss_kd", "kd_T")
-    accuracy_outputs = {"acc_train": "logits", "acc_cocord": None}
+    accuracy_outputs = {"acc_train": Accuracy("logits"), "acc_cocord": Accuracy("ctr_logits", target="first")}
 
     def __init__(self, student: nn.Module, teacher: nn.Module, opt: dict[str, Any]):
         super().__init__(student, teacher, opt)
@@ -106,7 +107,6 @@ class CoCoRD(Distiller):
                           MovingAverage(self.slow_student_head, self.student_head, c["b_momentum"])]
         if self.teacher_head_follows:
             self._averages.append(MovingAverage(self.teacher_head, self.student_head, c["momentum"]))
-        self.side_stream: torch.cuda.Stream | None = None
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.student, self.student_head, self.predictor]

@@ -1,8 +1,8 @@
 """The training and test batches a run sees, from either loader, as device tensors.
 
-Both loaders yield `(views, labels)` for training and `(images, labels)` for testing, already on the
-device. Each epoch's randomness is drawn from the global torch generator, so restoring that generator
-on resume restores the data order too.
+Every trial has its own training loader; each epoch it is seeded from that trial's random state, so order
+and augmentation are the trial's own and a resume repeats them. Several trials' batches of a step are
+stacked along a leading trial dimension. All trials are tested on the same test batches.
 """
 from __future__ import annotations
 
@@ -20,24 +20,29 @@ from dataset import (
     build_torchvision_loaders,
     load_cifar100,
 )
+from engine.step import Speed
 
 
 class DeviceBatches:
-    """A torchvision DataLoader whose batches are moved to the device (the published CPU path)."""
+    """A torchvision DataLoader whose batches are moved to the device (the published CPU path). Its shuffle
+    order and its workers' seeds come from `generator`, reseeded each epoch."""
 
     sharded = False
 
-    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device, channels_last: bool):
-        self.loader, self.device = loader, device
+    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device, channels_last: bool,
+                 generator: torch.Generator | None = None):
+        self.loader, self.device, self.generator = loader, device, generator
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+    def set_epoch_seed(self, seed: int) -> None:
+        if self.generator is not None:
+            self.generator.manual_seed(seed)
+        sampler = self.loader.sampler
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            sampler.seed, sampler.epoch = seed % 2**31, 0  # every rank draws the same seed
 
     def _move(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -51,59 +56,77 @@ class DeviceBatches:
                 yield self._move(images), labels
 
 
-class GPUBatches:
-    """The GPU loader, reseeded each epoch from the global torch generator."""
+class TrainBatches:
+    """One step's training batches of every trial: `(views, labels)`, each view [B, ...] for one trial and
+    [trials, B, ...] for several."""
 
-    def __init__(self, loader: GPULoader):
-        self.loader = loader
+    def __init__(self, loaders: list[Any]):
+        self.loaders = loaders
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.loaders[0])
 
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch_seed(int(torch.randint(0, 2**62, ()).item()))
+    def subset(self, keep: list[int]) -> TrainBatches:
+        return TrainBatches([self.loaders[k] for k in keep])
 
-    def __iter__(self):
-        return iter(self.loader)
+    def set_epoch(self, seeds: list[int]) -> None:
+        for loader, seed in zip(self.loaders, seeds, strict=True):
+            loader.set_epoch_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        for batches in zip(*self.loaders):
+            views = [v if isinstance(v, list) else [v] for v, _ in batches]
+            if len(batches) == 1:
+                yield views[0], batches[0][1]
+            else:
+                yield [torch.stack(vs) for vs in zip(*views)], torch.stack([labels for _, labels in batches])
 
 
-def build_data(opt: dict, n_views: int, device: torch.device, gpu_loader: bool, channels_last: bool,
-               rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
-    """(train batches, test batches) for the options' dataset."""
+def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: Speed, trials: int = 1,
+               rank: int = 0, world_size: int = 1) -> tuple[TrainBatches, Any]:
+    """(training batches of `trials` trials, test batches) for the options' dataset."""
+    workers, pin = opt["num_workers"], opt["pin_memory"] and device.type == "cuda"
+    sampler = _distributed_sampler(rank, world_size) if world_size > 1 else None
     if opt["dataset"] == "imagenet":
-        sampler = _distributed_sampler_factory(rank, world_size) if world_size > 1 else None
-        train, test = build_imagenet_loaders(opt["data_folder"], opt["batch_size"], n_views, opt["num_workers"],
-                                             opt["pin_memory"], sampler_factory=sampler)
-        test = DeviceBatches(test, device, channels_last)
+        loaders = []
+        for _ in range(trials):
+            generator = torch.Generator()
+            train, test = build_imagenet_loaders(opt["data_folder"], opt["batch_size"], n_views, workers, pin,
+                                                 sampler_factory=sampler, generator=generator)
+            loaders.append(DeviceBatches(train, device, speed.channels_last, generator))
+        test = DeviceBatches(test, device, speed.channels_last)
         test.sharded = world_size > 1  # each rank a part of the validation set: the trainer sums the totals
-        return DeviceBatches(train, device, channels_last), test
+        return TrainBatches(loaders), test
     arrays = load_cifar100(opt["data_folder"], download=opt["download"])
-    _check_labels(arrays.train_labels, opt["n_cls"])
-    if gpu_loader:
-        train = GPULoader(arrays.train_images, arrays.train_labels, opt["batch_size"], n_views, device,
-                          channels_last=channels_last, rank=rank, world_size=world_size)
+    check_labels(arrays.train_labels, arrays.test_labels, opt["n_cls"])
+    if speed.loader == "gpu":
+        loaders = [GPULoader(arrays.train_images, arrays.train_labels, opt["batch_size"], n_views, device,
+                             channels_last=speed.channels_last, rank=rank, world_size=world_size)]
+        loaders += [loaders[0].sibling() for _ in range(trials - 1)]
         test = GPUTestLoader(arrays.test_images, arrays.test_labels, opt["batch_size"], device,
-                             channels_last=channels_last)
-        return GPUBatches(train), test
-    sampler = None
-    if world_size > 1:
-        sampler = _distributed_sampler_factory(rank, world_size)(
-            MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views))
-    train, test = build_torchvision_loaders(arrays, opt["batch_size"], n_views, opt["num_workers"],
-                                            opt["pin_memory"] and device.type == "cuda", sampler=sampler)
-    return DeviceBatches(train, device, channels_last), DeviceBatches(test, device, channels_last)
+                             channels_last=speed.channels_last)
+        return TrainBatches(loaders), test
+    loaders = []
+    for _ in range(trials):
+        generator = torch.Generator()
+        train_sampler = sampler(MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views)) if sampler else None
+        train, test = build_torchvision_loaders(arrays, opt["batch_size"], n_views, workers, pin,
+                                                generator=generator, sampler=train_sampler)
+        loaders.append(DeviceBatches(train, device, speed.channels_last, generator))
+    return TrainBatches(loaders), DeviceBatches(test, device, speed.channels_last)
 
 
-def _distributed_sampler_factory(rank: int, world_size: int):
-    seed = int(torch.randint(0, 2**31, ()).item())  # equal on every rank: the global generator is shared
-
-    def make(dataset):
-        return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                                   seed=seed)
+def _distributed_sampler(rank: int, world_size: int):
+    def make(dataset):  # seeded each epoch from the trial's random state (DeviceBatches.set_epoch_seed)
+        return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
     return make
 
 
-def _check_labels(labels: torch.Tensor, n_cls: int) -> None:
-    top = int(labels.max()) + 1
-    if top > n_cls:
-        raise DataError(f"the training labels go up to {top - 1} but n_cls is {n_cls}; set n_cls: {top} or more")
+def check_labels(train: torch.Tensor, test: torch.Tensor, n_cls: int) -> None:
+    for split, labels in (("training", train), ("test", test)):
+        if labels.numel() == 0:
+            raise DataError(f"the {split} split holds no images")
+        top = int(labels.max()) + 1
+        if top > n_cls:
+            raise DataError(f"the {split} labels go up to {top - 1} but n_cls is {n_cls}; "
+                            f"set n_cls: {top} or more")

@@ -1,187 +1,268 @@
-"""From an options file to a finished run: check everything, then build, then write, then train.
+"""From options to finished trials: check, build, write, train.
 
-Order matters for users: every check that can fail on their input (options, model names, teacher,
-data, resume target) runs before the experiment folder is created or an old one archived.
+Order matters for users: every check that can fail on their input (options, models, teacher, memory, data,
+the trial folders, a resume target) runs before anything is written or an old run archived.
 """
 from __future__ import annotations
 
-import random
-import time
+import os
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dataset import DataError
-from distiller import method_class
-from engine import distributed
-from engine.checkpoint import ResumeError, load_checkpoint, resolve_resume, set_rng_state
-from engine.data import build_data
+from distiller import Distiller, method_class
+from engine import parallel
+from engine.data import TrainBatches, build_data
 from engine.evaluation import evaluate
-from engine.step import build_optimizer, compile_method
-from engine.trainer import RunState, Trainer, TrainingDiverged
-from models import CheckpointError, build_model, load_teacher, model_dict, unknown_model_message
-from options.schema import OptionsError, dump_options
-from utils.progress import Progress
+from engine.machine import check_memory, effective_speed, effective_workers, quiet_library_warnings, select_device
+from engine.replicas import SingleTrial, StackedTrials
+from engine.resume import FolderPlan, plan_folder, resume_options
+from engine.step import Speed, build_optimizer, build_step
+from engine.teacher import check_teacher_outputs, fingerprint, load_checked_teacher, resolve_teacher_model
+from engine.trainer import Group, RunContext, Trainer, Trial
+from engine.trial import ResumeError, RunState, TrialPaths, experiment_folder, load_checkpoint, resume_target
+from engine.writing import FolderBusy, complete_resumed, lock_trials, network_summary, prepare_folder, record_run
+from models import CheckpointError, build_model, model_dict, unknown_model_message
+from options.schema import OptionsError
+from utils import distributed
+from utils.files import DiskError, check_writable_folder
+from utils.meter import DeviceMeter
+from utils.progress import Progress, plural
+from utils.rng import TrialRNG
 
-USER_ERRORS = (OptionsError, CheckpointError, DataError, ResumeError)
-# Options that define what is trained: a resume must not change them.
-STRUCTURAL = ("student_model", "teacher_model", "distill", "dataset", "n_cls", "batch_size", "cocord",
-              "loss_ctr", "loss_cls", "loss_pred", "loss_kd", "kd_T")
-
-
-def select_device(opt: dict[str, Any], say: Any) -> torch.device:
-    if distributed.is_distributed() and torch.cuda.is_available():
-        return torch.device("cuda", distributed.local_rank())
-    if opt["gpu"] is None:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        say("warning: no CUDA GPU found; training on the CPU (slow; set gpu: null to silence this)")
-        return torch.device("cpu")
-    if opt["gpu"] >= torch.cuda.device_count():
-        raise OptionsError(f"option 'gpu' is {opt['gpu']} but this machine has {torch.cuda.device_count()} GPU(s)")
-    return torch.device("cuda", opt["gpu"])
+USER_ERRORS = (OptionsError, CheckpointError, DataError, ResumeError, DiskError, FolderBusy)
+MAX_SEED = 2**32 - 2**16  # seeds + per-trial offsets stay valid numpy seeds
 
 
-def seed_everything(seed: int, device: torch.device) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # CUDA generators too
-    if device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+@dataclass
+class Command:
+    """What the user asked on the command line."""
+    trials: list[int]
+    overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+    replace: bool = False
+    quiet: bool = False
+    argv: list[str] = field(default_factory=list)  # the whole command line: provenance, and the resume hint
 
 
-def _check_resume(ckpt: dict[str, Any], opt: dict[str, Any], say: Any) -> None:
-    old = ckpt["options"]
-    for key in STRUCTURAL:
-        if old.get(key) != opt.get(key):
-            raise ResumeError(f"cannot resume: '{key}' was {old.get(key)!r} in the checkpoint's run but is "
-                              f"{opt.get(key)!r} now; resume with the options the run was started with")
-    changed = [k for k in opt if k not in STRUCTURAL and old.get(k) != opt[k] and k != "path"]
-    if changed:
-        say(f"resuming with changed options: {', '.join(f'{k}={opt[k]!r}' for k in changed)}")
-    if ckpt["epoch"] >= opt["epochs"]:
-        raise ResumeError(f"the run at epoch {ckpt['epoch']} is already finished (epochs: {opt['epochs']}); "
-                          f"raise epochs to continue it")
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C; the message says what was saved and the exact command that continues."""
 
 
-def _archive(folder: Path) -> None:
-    stamp = time.strftime("%y%m%d-%H%M%S")
-    folder.rename(folder.with_name(f"{folder.name}_archived_{stamp}"))
+@dataclass
+class Plan:
+    """Everything decided before anything is written."""
+    opt: dict[str, Any]
+    method_cls: type[Distiller]
+    trials: list[Trial]
+    checkpoints: dict[int, dict[str, Any]]  # resumed trials: trial number -> checkpoint
+    folders: list[FolderPlan] = field(default_factory=list)  # new trials
+    device: torch.device = torch.device("cpu")
+    speed: Speed = field(default_factory=Speed)
+    teacher: torch.nn.Module | None = None
+    teacher_fingerprint: float | None = None
 
 
-def _speed_settings(opt: dict[str, Any], device: torch.device) -> dict[str, bool]:
-    """The fast path applies on a GPU; on the CPU everything is the published eager path."""
-    s, gpu = opt["speed"], device.type == "cuda"
-    single = not distributed.is_distributed()
-    return {"gpu_loader": gpu and s["loader"] in ("auto", "gpu") and opt["dataset"] == "cifar100",
-            "cuda_graph": gpu and s["cuda_graph"] and single, "compile": gpu and s["compile"],
-            "channels_last": gpu and s["channels_last"], "streams": gpu and s["streams"], "amp": s["amp"]}
+def run(opt: dict[str, Any], cmd: Command) -> None:
+    """Train the trials `cmd` names as `opt` (engine.config.build_options) says."""
+    quiet_library_warnings()
+    rank, world = distributed.setup()
+    progress = Progress(opt["epochs"], 0, enabled=rank == 0 and not cmd.quiet)
+    plan = check(opt, cmd, world, progress)
+    train_batches, test_batches, methods, extra = build(plan, rank, world, progress)
+    locks = lock_trials(plan.trials) if rank == 0 else []
+    try:
+        write(plan, cmd, methods[0], extra, rank, progress)
+        train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
+    except KeyboardInterrupt:
+        progress.close()
+        raise Interrupted(interrupted_message(plan, cmd)) from None
+    finally:
+        for trial in plan.trials:
+            if trial.writer is not None:
+                trial.writer.close()
+        for lock in locks:
+            lock.release()
 
 
-def run(opt: dict[str, Any], trial: int, resume: bool, quiet: bool = False) -> dict[str, Any]:
-    """Train as `opt` (from options.schema.load_options) says; returns what results.json holds."""
-    rank, world = distributed.setup(opt)
-    say = (lambda text: print(text, flush=True)) if rank == 0 and not quiet else (lambda text: None)
+def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> Plan:
+    if len(cmd.trials) > 1 and world > 1:
+        raise OptionsError("several trials train together in one process; under torchrun give one trial (-t N)")
     method_cls = method_class(opt["distill"])
+    if method_cls.needs_teacher:
+        opt = resolve_teacher_model(opt)
+    if cmd.resume or opt["path"]["resume"]:
+        plan = _resume_plan(opt, cmd, progress)
+    else:
+        plan = _new_plan(opt, method_cls, cmd)
+    opt, method_cls = plan.opt, plan.method_cls
     method_cls.check_options(opt, world)
+    if opt["batch_size"] < method_cls.min_batch:
+        raise OptionsError(f"batch_size {opt['batch_size']} is too small for distill: {opt['distill']}, which trains "
+                           f"on batches of {method_cls.min_batch} or more; raise batch_size")
     for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
         if opt[key] not in model_dict:
             raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")
-    device = select_device(opt, say)
-    if opt["sync_bn"] and device.type != "cuda":
-        raise OptionsError("sync_bn needs CUDA GPUs (SyncBatchNorm); set sync_bn: false to train on the CPU")
-    if opt["sync_bn"] and world == 1:
-        say("note: sync_bn has no effect in a single process (launch with torchrun to use several GPUs)")
-    speed = _speed_settings(opt, device)
-    if opt["seed"] is not None:
-        seed_everything(opt["seed"], device)
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    distributed.share_seed(opt)
-
-    folder = Path(opt["experiments_dir"]) / method_cls.experiment_name(opt) / f"trial_{trial}"
-    ckpt = None
-    if resume or opt["path"]["resume"]:
-        ckpt_path = resolve_resume(opt["path"]["resume"] or str(folder))
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resume(ckpt, opt, say)
-        if ckpt_path.parent.name == "model":
-            folder = ckpt_path.parent.parent
-
-    student = build_model(opt["student_model"], opt["n_cls"])
-    teacher = None
+    plan.device = select_device(opt, progress.say)
+    plan.speed = effective_speed(opt, plan.device, len(plan.trials), world)
+    plan.opt = opt = {**opt, "speed": plan.speed.as_options(), "num_workers": effective_workers(opt, progress.say)}
     if method_cls.needs_teacher:
-        if not opt["path"]["teacher"]:
-            raise OptionsError(f"distill: {opt['distill']} needs a teacher: set path.teacher to a checkpoint")
-        teacher = load_teacher(opt["path"]["teacher"], opt["teacher_model"], opt["n_cls"])
-    if opt["sync_bn"] and world > 1:
-        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    method = method_cls(student, teacher, opt)
-    memory_format = torch.channels_last if speed["channels_last"] else torch.contiguous_format
-    method.to(device=device, memory_format=memory_format)
-    train_batches, test_batches = build_data(opt, method.n_views, device, speed["gpu_loader"],
-                                             speed["channels_last"], rank, world)
-    optimizer = build_optimizer(method, opt)
+        plan.teacher = load_checked_teacher(opt)
+        _check_same_teacher(plan)
+    check_memory(method_cls, opt, opt["teacher_model"] if method_cls.needs_teacher else None, len(plan.trials),
+                 plan.device)
+    check_writable_folder(Path(opt["experiments_dir"]), "experiments_dir")
+    return plan
 
-    state = RunState()
-    if ckpt is not None:
-        method.load_checkpoint_state(ckpt["method"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"])
-    elif rank == 0:
-        if folder.exists():
-            _archive(folder)
-        folder.mkdir(parents=True)
-    distributed.barrier()
 
-    for line in method.describe():
-        say(line)
+def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> Plan:
+    seed = opt["seed"]
+    if seed is not None and seed + max(cmd.trials) - 1 >= MAX_SEED:
+        raise OptionsError(f"option 'seed' {seed} is too large: seed + trial - 1 must stay below {MAX_SEED}")
+    base = seed if seed is not None else distributed.broadcast_int(int.from_bytes(os.urandom(4), "little") % 2**30)
+    folder = experiment_folder(opt, method_cls.experiment_name(opt))
+    trials = [Trial(TrialPaths(folder / f"trial_{t}"), base + t - 1, TrialRNG(base + t - 1)) for t in cmd.trials]
+    folders = [plan_folder(t.paths, opt, cmd.replace) for t in trials]
+    return Plan(opt, method_cls, trials, {}, folders)
+
+
+def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
+    if opt["path"]["resume"]:
+        if len(cmd.trials) > 1:
+            raise OptionsError("path.resume names one trial; to resume several, give -t with --resume")
+        targets = [resume_target(opt["path"]["resume"])]
+    else:
+        folder = experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt))
+        targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
+    checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
+    if not checkpoints:
+        raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
+                          " (an interrupted first epoch saves nothing); run the command without --resume")
+    first = next(iter(checkpoints.values()))
+    method_cls = method_class(first["options"]["distill"])
+    run_opt, notes = resume_options(first["options"], opt, cmd.overrides, method_cls.fixed_options)
+    for line in notes:
+        progress.say(line)
+    trials = []
+    for paths in targets:
+        ckpt = checkpoints.get(paths.number)
+        if ckpt is None:  # a trial of the group that never finished an epoch: it starts again, from its seed
+            seed = (run_opt["seed"] or 0) + paths.number - 1
+            trials.append(Trial(paths, seed, TrialRNG(seed)))
+        else:
+            state = RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"])
+            trials.append(Trial(paths, int(ckpt.get("seed", 0)), TrialRNG(state=ckpt["rng"]), state))
+    return Plan(run_opt, method_cls, trials, checkpoints)
+
+
+def _check_same_teacher(plan: Plan) -> None:
+    plan.teacher_fingerprint = fingerprint(plan.teacher)
+    for ckpt in plan.checkpoints.values():
+        recorded = ckpt.get("teacher_fingerprint")
+        if recorded is not None and abs(recorded - plan.teacher_fingerprint) > 1e-9 * max(abs(recorded), 1.0):
+            raise ResumeError(f"the teacher {plan.opt['path']['teacher']} is not the one this run was trained with "
+                              f"(its weights differ); resume with the run's, {ckpt['options']['path']['teacher']}")
+
+
+def build(plan: Plan, rank: int, world: int, progress: Progress
+          ) -> tuple[TrainBatches, Any, list[Distiller], dict[str, Any]]:
+    """Data, one method per trial (initialised from the trial's own seed, or from its checkpoint), and the
+    teacher's test accuracy: still nothing written."""
+    opt, device = plan.opt, plan.device
+    train_batches, test_batches = build_data(opt, plan.method_cls.n_views, device, plan.speed, len(plan.trials),
+                                             rank, world)
+    fmt = torch.channels_last if plan.speed.channels_last else torch.contiguous_format
+    methods = []
+    for trial in plan.trials:
+        with trial.rng.active():
+            student = build_model(opt["student_model"], opt["n_cls"])
+            if opt["sync_bn"] and world > 1:
+                student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            method = plan.method_cls(student, plan.teacher, opt).to(device=device, memory_format=fmt)
+        ckpt = plan.checkpoints.get(trial.paths.number)
+        if ckpt is not None:
+            method.load_checkpoint_state(ckpt["method"])
+        trial.saved = (method.checkpoint_state(), None if ckpt is None else ckpt["optimizer"])
+        methods.append(method)
     extra: dict[str, Any] = {}
-    reduce_eval = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
-    if teacher is not None:
-        extra["teacher_acc"] = evaluate(teacher, test_batches, reduce_eval)["top1"]
-        say(f"teacher {opt['teacher_model']} test accuracy: {extra['teacher_acc']:.2f}%")
-    if speed["compile"]:
-        compile_method(method)
-    if speed["streams"] and hasattr(method, "side_stream"):
-        method.side_stream = torch.cuda.Stream(device)
-    ddp_method, sync = distributed.wrap(method, opt, device)
+    if plan.teacher is not None:
+        reduce = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
+        test = evaluate(plan.teacher, test_batches, reduce)
+        check_teacher_outputs(opt, test)
+        extra["teacher_acc"] = test["top1"]
+        progress.say(f"teacher {opt['teacher_model']} test accuracy: {extra['teacher_acc']:.2f}%")
+    return train_batches, test_batches, methods, extra
 
+
+def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], rank: int, progress: Progress) -> None:
     if rank == 0:
-        dump_options(opt, folder / "options.yml")
-        (folder / "network_summary.txt").write_text(_summary(method))
-    if ckpt is not None:
-        set_rng_state(ckpt["rng"])  # last: everything above may draw random numbers
-        say(f"resuming {folder} after epoch {ckpt['epoch']}")
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(folder), purge_step=state.epoch + 1 if ckpt is not None else None) \
-        if rank == 0 else None
-    progress = Progress(opt["epochs"], len(train_batches), enabled=rank == 0 and not quiet)
-    say(f"training {opt['student_model']} ({opt['distill']}) on {device} for {opt['epochs']} epochs; "
-        f"logs in {folder}")
-    trainer = Trainer(method, optimizer, train_batches, test_batches, opt, device, folder, writer, progress, state,
-                      cuda_graph=speed["cuda_graph"], amp=speed["amp"], ddp_method=ddp_method, is_main=rank == 0,
-                      extra_results=extra, sync_epoch_end=sync, reduce_eval=reduce_eval)
-    try:
-        results = trainer.fit()
-    finally:
-        if writer is not None:
-            writer.close()
-    say(f"best test top-1 {results['best_acc']:.2f}% (epoch {results['best_epoch']}), last "
-        f"{results['last_acc']:.2f}% (epoch {results['last_epoch']}); results in {folder / 'results.json'}")
-    return results
+        for folder in plan.folders:
+            prepare_folder(folder, progress.say)
+        summary = network_summary(method)
+        for trial in plan.trials:
+            ckpt = plan.checkpoints.get(trial.paths.number)
+            if ckpt is not None:
+                complete_resumed(trial.paths, ckpt, {**extra, "trial": trial.paths.number, "seed": trial.seed},
+                                 progress.say)
+            record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary)
+            from torch.utils.tensorboard import SummaryWriter
+            trial.writer = SummaryWriter(str(trial.paths.folder),
+                                         purge_step=trial.state.epoch + 1 if ckpt is not None else None)
+        progress.log_to([t.paths.log for t in plan.trials])
+    distributed.barrier()
+    for line in method.describe():
+        progress.say(line)
 
 
-def _summary(method: torch.nn.Module) -> str:
-    lines = []
-    for name, module in method.named_children():
-        n = sum(p.numel() for p in module.parameters())
-        trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        lines.append(f"{name}: {n:,} parameters ({trained:,} trained)")
-    return "\n".join(lines) + "\n\n" + repr(method) + "\n"
+def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: Any, methods: list[Distiller],
+          extra: dict[str, Any], rank: int, world: int, progress: Progress) -> None:
+    opt, device = plan.opt, plan.device
+    left = [t for t in plan.trials if t.state.epoch < opt["epochs"]]
+    if not left:
+        progress.say(f"{plural(len(plan.trials), 'trial')} already trained all {opt['epochs']} epochs; to continue, "
+                     "resume with --set epochs=N")
+        return
+    progress.steps = len(train_batches)
+    numbers = [t.paths.number for t in plan.trials]
+
+    def build_group(members: list[Trial]) -> Group:
+        if len(plan.trials) == 1:
+            method = methods[0]
+            replicas = SingleTrial(method, parallel.wrap(method, device) if world > 1 else None)
+        else:
+            replicas = StackedTrials(methods[0], [t.saved[0] for t in members], plan.speed.channels_last)
+        optimizer = build_optimizer(replicas.trained_parameters(), opt)
+        if members[0].saved[1] is not None:
+            replicas.load_optimizer_states(optimizer, [t.saved[1] for t in members])
+        meter = DeviceMeter(plan.method_cls.accuracy_outputs, device, len(members))
+        step = build_step(replicas, optimizer, meter, plan.speed, device, opt["batch_size"])
+        batches = train_batches.subset([numbers.index(t.paths.number) for t in members])
+        return Group(members, replicas, optimizer, step, meter, batches)
+
+    run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, rank == 0, world > 1, extra,
+                         plan.teacher_fingerprint,
+                         distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None)
+    where = plan.trials[0].paths.folder if len(plan.trials) == 1 else plan.trials[0].paths.folder.parent
+    progress.say(f"training {opt['student_model']} ({opt['distill']}, {plural(len(left), 'trial')}) on {device} "
+                 f"for {plural(opt['epochs'], 'epoch')}; logs in {where}")
+    Trainer(run_ctx, plan.trials, build_group, test_batches).fit()
+    for trial in plan.trials:
+        s = trial.state
+        if trial.diverged is None and s.history:
+            progress.say(f"{trial.paths.folder}: best test top-1 {s.best_acc:.2f}% (epoch {s.best_epoch}), last "
+                         f"{s.history[-1]['val_top1']:.2f}% (epoch {s.epoch})")
 
 
-__all__ = ["run", "USER_ERRORS", "TrainingDiverged"]
+def interrupted_message(plan: Plan, cmd: Command) -> str:
+    saved = [t for t in plan.trials if t.paths.checkpoint.is_file()]
+    if not saved:
+        return ("interrupted before the first epoch ended: nothing was saved; run the same command again to start "
+                "over")
+    again = [a for a in cmd.argv if a not in ("--resume", "--replace")] + ["--resume"]
+    epochs = sorted({t.state.epoch for t in saved})
+    return (f"interrupted; epoch {'/'.join(map(str, epochs))} is saved; continue with: "
+            f"python main.py {shlex.join(again)}")

@@ -1,72 +1,78 @@
-"""One training step, and the same step captured whole in a CUDA graph.
+"""One training step, built once for the trainer and the bench scripts: eager, compiled, graphed, streams.
 
-`train_step` is the only definition of a step: forward (the method's moving averages and enqueue
-included), backward, SGD, statistics. `GraphedStep` replays it for full batches; it re-captures when the
-learning rate changes (SGD bakes the float into its kernels) and runs the smaller last batch eagerly.
+`train_step` is the only definition of a step: forward (a method's moving averages and enqueue included),
+backward, SGD, statistics. `build_step` wraps it as the speed settings say; the `Step` it returns owns what
+a learning-rate change needs (SGD bakes the float into a captured graph, so the graph is captured again).
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from distiller import Distiller
+from engine.replicas import SingleTrial, StackedTrials
 from utils.meter import DeviceMeter
 
 
-def build_optimizer(method: Distiller, opt: dict) -> torch.optim.SGD:
-    return torch.optim.SGD(method.trainable_parameters(), lr=opt["learning_rate"], momentum=opt["momentum"],
+@dataclass(frozen=True)
+class Speed:
+    """The speed settings a run really uses (the options ask; the machine and the run decide)."""
+    loader: str = "torchvision"  # gpu | torchvision
+    cuda_graph: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    streams: bool = False
+    amp: bool = False  # bf16 autocast: changes the maths
+
+    def as_options(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_optimizer(params: list[torch.Tensor], opt: dict[str, Any]) -> torch.optim.SGD:
+    """SGD over what a method trains (weight decay on every trained tensor, BatchNorm and biases included)."""
+    return torch.optim.SGD(params, lr=opt["learning_rate"], momentum=opt["momentum"],
                            weight_decay=opt["weight_decay"])
 
 
-def lr_at(epoch: int, opt: dict) -> float:
+def lr_at(epoch: int, opt: dict[str, Any]) -> float:
     """Step schedule: the base lr times rate^(decay epochs strictly below this 1-based epoch)."""
     n = sum(epoch > e for e in opt["lr_decay_epochs"])
     return opt["learning_rate"] * opt["lr_decay_rate"] ** n
 
 
-def train_step(method: torch.nn.Module, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
+def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
                labels: torch.Tensor, meter: DeviceMeter | None = None,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
                ) -> dict[str, torch.Tensor]:
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        out = method(*views, labels)
-    out["loss"].backward()
+        out = module(*views, labels)
+    out["loss"].sum().backward()  # one trial: a scalar; several: their sum, whose gradient is each trial's own
     optimizer.step()
     if meter is not None:
         meter.update(out, labels)
     return out
 
 
-def compile_method(method: torch.nn.Module) -> None:
-    """torch.compile each part of the method, with static shapes (the smaller last batch gets a graph of
-    its own rather than turning every later call into slower dynamic-shape code)."""
-    import torch._dynamo
-    # The zoo's networks share one forward: every part, mode and batch size is a recompilation of it.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    for module in method.children():
-        module.compile(dynamic=False)
-
-
 class GraphedStep:
-    """Calls `step(views, labels)`; full batches go through one captured CUDA graph."""
+    """Calls `step(views, labels)`; full batches go through one captured CUDA graph, the smaller last
+    batch of an epoch runs eagerly."""
 
     def __init__(self, step: Callable[[list[torch.Tensor], torch.Tensor], object], full_batch: int,
                  warmup_steps: int = 3):
-        self.step = step
-        self.full_batch = full_batch
-        self.warmup_left = warmup_steps
+        self.step, self.full_batch, self.warmup_left = step, full_batch, warmup_steps
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
     def invalidate(self) -> None:
-        """Forget the graph (after a learning-rate change); the next full batch captures anew."""
+        """Forget the graph; the next full batch captures anew."""
         self.graph = None
 
     def __call__(self, views: list[torch.Tensor], labels: torch.Tensor) -> None:
-        if labels.shape[0] != self.full_batch:
+        if labels.shape[-1] != self.full_batch:
             self.step(views, labels)
             return
         if self.warmup_left > 0:
@@ -90,3 +96,43 @@ class GraphedStep:
                 self.step(*self.static)
             self.graph = graph
         self.graph.replay()
+
+
+class Step:
+    """`step(views, labels)` trains on one batch; `set_lr(lr)` before an epoch."""
+
+    def __init__(self, run: Callable[[list[torch.Tensor], torch.Tensor], object],
+                 optimizer: torch.optim.Optimizer, graphed: GraphedStep | None):
+        self._run, self.optimizer, self.graphed = run, optimizer, graphed
+
+    def __call__(self, views: list[torch.Tensor], labels: torch.Tensor) -> None:
+        self._run(views, labels)
+
+    def set_lr(self, lr: float) -> None:
+        changed = any(group["lr"] != lr for group in self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if changed and self.graphed is not None:
+            self.graphed.invalidate()
+
+
+def build_step(replicas: SingleTrial | StackedTrials, optimizer: torch.optim.Optimizer, meter: DeviceMeter | None,
+               speed: Speed, device: torch.device, full_batch: int) -> Step:
+    if speed.compile:
+        _raise_recompile_limit()
+        replicas.compile()
+    replicas.set_side_stream(torch.cuda.Stream(device) if speed.streams else None)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if speed.amp \
+        else contextlib.nullcontext
+    module = replicas.module if isinstance(replicas, SingleTrial) else replicas
+
+    def run(views: list[torch.Tensor], labels: torch.Tensor) -> None:
+        train_step(module, optimizer, views, labels, meter, autocast)
+    graphed = GraphedStep(run, full_batch) if speed.cuda_graph else None
+    return Step(graphed or run, optimizer, graphed)
+
+
+def _raise_recompile_limit() -> None:
+    import torch._dynamo
+    # The zoo's networks share one forward: every part, mode and batch size is a recompilation of it.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

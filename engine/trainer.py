@@ -1,155 +1,207 @@
-"""The epoch loop, shared by every method: train, test, log, checkpoint, results."""
+"""The epoch loop, shared by every method and by one trial or several: train, test, log, checkpoint.
+
+Trials that need the same epoch train together as one group. A trial whose loss stops being finite stops
+(its last good checkpoint stays) and the others go on; trials resumed at different epochs catch up first.
+"""
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from distiller import Distiller
-from engine.checkpoint import atomic_save, atomic_write, rng_state
-from engine.evaluation import evaluate
-from engine.step import GraphedStep, lr_at, train_step
+from engine.data import TrainBatches
+from engine.evaluation import evaluate_trials
+from engine.replicas import SingleTrial, StackedTrials
+from engine.step import Step, lr_at
+from engine.trial import RunState, TrialPaths, make_checkpoint, save_epoch
 from utils.meter import DeviceMeter
 from utils.progress import Progress
-
-TAGS = {  # the published TensorBoard tags (SPEC section 5) and ours beside them
-    "loss": "loss_train/total", "acc_train_top1": "acc_train/top_1", "acc_train_top5": "acc_train/top_5",
-    "acc_cocord_top1": "acc_cocord/top_1", "acc_cocord_top5": "acc_cocord/top_5",
-    "loss_ctr": "loss_train/ctr", "loss_cls": "loss_train/cls", "loss_pred": "loss_train/pred",
-    "loss_kd": "loss_train/kd",
-}
+from utils.rng import TrialRNG
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss term stopped being finite; the message names the term, the epoch and the step."""
+    """A trial's loss stopped being finite; the message names the trial, the term, the epoch and the step."""
 
 
 @dataclass
-class RunState:
-    """What survives an epoch boundary, in the checkpoint."""
-    epoch: int = 0
-    best_acc: float = 0.0
-    best_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+class Trial:
+    """One trial of a run: its folder, random state and progress, and the state it last saved."""
+    paths: TrialPaths
+    seed: int
+    rng: TrialRNG
+    state: RunState = field(default_factory=RunState)
+    saved: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None  # (method, optimizer) states
+    writer: Any = None  # a TensorBoard SummaryWriter on the main process
+    diverged: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.paths.number}"
+
+
+@dataclass
+class Group:
+    """The trials training this epoch and what trains them."""
+    trials: list[Trial]
+    replicas: SingleTrial | StackedTrials
+    optimizer: torch.optim.Optimizer
+    step: Step
+    meter: DeviceMeter
+    batches: TrainBatches
+
+
+@dataclass
+class RunContext:
+    """What the loop needs to know about the run as a whole."""
+    opt: dict[str, Any]
+    progress: Progress
+    min_batch: int
+    is_main: bool = True
+    distributed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # written into every results.json (teacher_acc, ...)
+    teacher_fingerprint: float | None = None
+    reduce_eval: Callable[[torch.Tensor], None] | None = None
 
 
 class Trainer:
-    def __init__(self, method: Distiller, optimizer: torch.optim.Optimizer, train_batches: Any, test_batches: Any,
-                 opt: dict[str, Any], device: torch.device, folder: Path, writer: Any, progress: Progress,
-                 state: RunState, cuda_graph: bool, amp: bool, ddp_method: torch.nn.Module | None = None,
-                 is_main: bool = True, extra_results: dict[str, Any] | None = None,
-                 sync_epoch_end: Any = None, reduce_eval: Any = None):
-        self.method, self.optimizer, self.opt, self.device = method, optimizer, opt, device
-        self.train_batches, self.test_batches = train_batches, test_batches
-        self.folder, self.writer, self.progress, self.state = folder, writer, progress, state
-        self.is_main = is_main
-        self.extra_results = extra_results or {}
-        self.sync_epoch_end = sync_epoch_end  # DDP: reduce statistics and buffers across ranks
-        self.reduce_eval = reduce_eval  # DDP with a sharded test set: sum the totals across ranks
-        self.meter = DeviceMeter(method.accuracy_outputs, device)
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if amp \
-            else contextlib.nullcontext
-        module = ddp_method or method
-        self.step = lambda views, labels: train_step(module, optimizer, views, labels, self.meter, autocast)
-        if cuda_graph:
-            self.step = GraphedStep(self.step, opt["batch_size"])
+    def __init__(self, run: RunContext, trials: list[Trial], build_group: Callable[[list[Trial]], Group],
+                 test_batches: Any):
+        self.run, self.trials, self.build_group, self.test_batches = run, trials, build_group, test_batches
+        self.group: Group | None = None
+        self.skipped_note = False
 
-    def fit(self) -> dict[str, Any]:
-        for epoch in range(self.state.epoch + 1, self.opt["epochs"] + 1):
-            self.train_epoch(epoch)
-        return self.results(finished=True)
+    def fit(self) -> None:
+        opt = self.run.opt
+        while True:
+            live = [t for t in self.trials if t.diverged is None and t.state.epoch < opt["epochs"]]
+            if not live:
+                break
+            epoch = min(t.state.epoch for t in live) + 1
+            members = [t for t in live if t.state.epoch == epoch - 1]
+            if self.group is None or self.group.trials != members:
+                self.group = self.build_group(members)
+            self.train_epoch(self.group, epoch)
+        failed = [t.diverged for t in self.trials if t.diverged]
+        if failed:
+            raise TrainingDiverged(failed[0] if len(self.trials) == 1 else
+                                   f"{len(failed)} of {len(self.trials)} trials stopped: " + "; ".join(failed))
 
-    def _set_lr(self, lr: float) -> None:
-        changed = any(group["lr"] != lr for group in self.optimizer.param_groups)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if changed and isinstance(self.step, GraphedStep):
-            self.step.invalidate()
-
-    def train_epoch(self, epoch: int) -> None:
-        lr = lr_at(epoch, self.opt)
-        self._set_lr(lr)
-        self.train_batches.set_epoch(epoch)
-        self.method.train()
-        self.meter.reset()
-        self.progress.start_epoch(epoch, lr)
-        t0 = time.perf_counter()
-        step = 0
-        for step, (views, labels) in enumerate(self.train_batches, start=1):
-            self.step(views if isinstance(views, list) else [views], labels)
-            # Under DDP only the epoch end reads (reduced) statistics: a rank stopping alone would hang the rest.
-            if step % self.opt["print_freq"] == 0 and self.sync_epoch_end is None:
-                self._check(self.meter.read(), epoch, step)
-        stats = self.sync_epoch_end(self.meter) if self.sync_epoch_end else self.meter.read()
-        self._check(stats, epoch, step)
+    def train_epoch(self, group: Group, epoch: int) -> None:
+        opt, progress = self.run.opt, self.run.progress
+        lr = lr_at(epoch, opt)
+        group.step.set_lr(lr)
+        group.batches.set_epoch([t.rng.draw_seed() for t in group.trials])
+        group.replicas.train()
+        group.meter.reset()
+        progress.start_epoch(epoch, lr)
+        t0, steps = time.perf_counter(), 0
+        for views, labels in group.batches:
+            if labels.shape[-1] < self.run.min_batch:
+                self._skip_note(labels.shape[-1])
+                continue
+            group.step(views, labels)
+            steps += 1
+            progress.step()
+            # Under torchrun only the epoch end reads (reduced) statistics: a rank stopping alone would hang.
+            if steps % opt["print_freq"] == 0 and not self.run.distributed:
+                stats = group.meter.read()
+                progress.update(stats[0])
+                self._check_running(group, stats, epoch)
+        group.replicas.end_epoch(group.meter)
+        stats = group.meter.read()
         seconds = time.perf_counter() - t0
-        val = evaluate(self.method.student, self.test_batches, self.reduce_eval)
-        self.progress.end_epoch(stats, val)
-        self._finish_epoch(epoch, lr, stats, val, seconds)
+        vals = evaluate_trials(group.replicas.students(), self.test_batches, self.run.reduce_eval)
+        progress.close()
+        lines = []
+        for k, trial in enumerate(group.trials):
+            problem = _problem(stats[k], vals[k], epoch)
+            state = group.replicas.trial_state(k) if problem is None else {}
+            if problem is None and not _all_finite(state):
+                problem = f"the weights became NaN or infinite in epoch {epoch}"
+            if problem is not None:
+                self._stop(trial, problem)
+                continue
+            self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], seconds)
+            lines.append(("" if len(self.trials) == 1 else f" {trial.label}", stats[k], vals[k]))
+        progress.end_epoch(lines)
 
-    def _check(self, stats: dict[str, Any], epoch: int, steps: int) -> None:
-        self.progress.update(steps, stats)
-        if stats["bad"]:
-            name, at = min(stats["bad"].items(), key=lambda kv: kv[1])
-            kept = self.folder / "model" / "checkpoint.pth"
-            kept_note = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
-            raise TrainingDiverged(f"{name} became NaN or infinite at epoch {epoch}, step {at}; training stopped, "
-                                   f"{kept_note}; lower learning_rate or check the data")
+    def _skip_note(self, size: int) -> None:
+        if not self.skipped_note:
+            self.skipped_note = True
+            self.run.progress.say(f"note: the last batch of each epoch holds {size} image(s) and is skipped: "
+                                  f"this method trains on batches of {self.run.min_batch} or more")
 
-    def _finish_epoch(self, epoch: int, lr: float, train: dict[str, Any], val: dict[str, float],
-                      seconds: float) -> None:
-        state = self.state
+    def _check_running(self, group: Group, stats: list[dict[str, Any]], epoch: int) -> None:
+        """Mid-epoch: a single trial stops at once; in a group the others go on to the epoch's end."""
+        bad = [(t, _problem(s, None, epoch)) for t, s in zip(group.trials, stats)]
+        if all(problem is not None for _, problem in bad):
+            for trial, problem in bad:
+                self._stop(trial, problem)
+            self.run.progress.close()
+            raise TrainingDiverged(bad[0][1] if len(self.trials) == 1 else "every trial stopped: "
+                                   + "; ".join(t.diverged for t, _ in bad))
+
+    def _stop(self, trial: Trial, problem: str) -> None:
+        kept = trial.paths.checkpoint
+        kept_note = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
+        prefix = "" if len(self.trials) == 1 else f"{trial.label}: "
+        trial.diverged = f"{prefix}{problem}; training stopped, {kept_note}"
+        if len(self.trials) > 1:
+            self.run.progress.say(f"error: {trial.diverged}; the other trials go on")
+
+    def _finish_epoch(self, trial: Trial, group: Group, k: int, method_state: dict[str, torch.Tensor], epoch: int,
+                      lr: float, train: dict[str, Any], val: dict[str, float], seconds: float) -> None:
+        state = trial.state
         state.epoch = epoch
-        is_best = val["top1"] > state.best_acc or state.best_epoch == 0
-        if is_best:
+        if val["top1"] > state.best_acc or state.best_epoch == 0:
             state.best_acc, state.best_epoch = val["top1"], epoch
-        record = {"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
-                  "images_per_s": round(train["images"] / max(seconds, 1e-9), 1),
-                  **{k: v for k, v in train.items() if k != "bad"},
-                  "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
-        state.history.append(record)
-        if not self.is_main:
+        state.history.append({"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
+                              "images_per_s": round(train["images"] / max(seconds, 1e-9), 1),
+                              **{key: v for key, v in train.items() if key != "bad"},
+                              "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
+        optimizer_state = group.replicas.optimizer_state(group.optimizer, k)
+        trial.saved = (method_state, optimizer_state)
+        if not self.run.is_main:
             return
-        self._log(epoch, lr, train, val)
-        model_dir = self.folder / "model"
-        ckpt = {"epoch": epoch, "model": self.method.student.state_dict(), "best_acc": state.best_acc,
-                "best_epoch": state.best_epoch, "accuracy": val["top1"], "arch": self.opt["student_model"],
-                "optimizer": self.optimizer.state_dict(), "method": self.method.checkpoint_state(),
-                "history": state.history, "rng": rng_state(), "options": self.opt}
-        atomic_save(ckpt, model_dir / "checkpoint.pth")
-        if is_best:
-            atomic_save({"epoch": epoch, "model": ckpt["model"], "best_acc": state.best_acc,
-                         "arch": ckpt["arch"]}, model_dir / "best.pth")
-        if epoch == self.opt["epochs"]:  # CRD's layout, so `path.teacher` can point here directly
-            atomic_save({"epoch": epoch, "model": ckpt["model"], "best_acc": state.best_acc,
-                         "optimizer": ckpt["optimizer"]}, model_dir / f"ckpt_epoch_{epoch}.pth")
-        self._write_results(self.results(finished=epoch == self.opt["epochs"]))
+        _log(trial.writer, epoch, lr, train, val)
+        ckpt = make_checkpoint(epoch=epoch, student=group.replicas.student_state(k), method=method_state,
+                               optimizer=optimizer_state, state=state, accuracy=val["top1"], opt=self.run.opt,
+                               rng=trial.rng.state, seed=trial.seed, teacher_fingerprint=self.run.teacher_fingerprint)
+        save_epoch(trial.paths, ckpt, {**self.run.extra, "trial": trial.paths.number, "seed": trial.seed})
 
-    def _log(self, epoch: int, lr: float, train: dict[str, Any], val: dict[str, float]) -> None:
-        for key, tag in TAGS.items():
-            if key in train and math.isfinite(train[key]):
-                self.writer.add_scalar(tag, train[key], epoch)
-        self.writer.add_scalar("loss_val/loss", val["loss"], epoch)
-        self.writer.add_scalar("acc_val/top_1", val["top1"], epoch)
-        self.writer.add_scalar("acc_val/top_5", val["top5"], epoch)
-        self.writer.add_scalar("lr", lr, epoch)
-        self.writer.flush()  # before the checkpoint: a resume purges anything logged past it
 
-    def results(self, finished: bool) -> dict[str, Any]:
-        s = self.state
-        last = s.history[-1] if s.history else {}
-        return {"finished": finished, "best_acc": s.best_acc, "best_epoch": s.best_epoch,
-                "last_acc": last.get("val_top1"), "last_epoch": last.get("epoch"),
-                "last_top5": last.get("val_top5"), **self.extra_results,
-                "student_model": self.opt["student_model"], "teacher_model": self.opt["teacher_model"],
-                "distill": self.opt["distill"], "epochs": self.opt["epochs"], "history": s.history}
+def _problem(train: dict[str, Any], val: dict[str, float] | None, epoch: int) -> str | None:
+    if train["bad"]:
+        name, at = min(train["bad"].items(), key=lambda kv: kv[1])
+        cause = ("before any update, so the teacher, the data or the options (e.g. cocord.T) produce it, not the "
+                 "learning rate" if epoch == 1 and at == 1 else "lower learning_rate or check the data")
+        return f"{name} became NaN or infinite at epoch {epoch}, step {at} ({cause})"
+    if val is not None and not math.isfinite(val["loss"]):
+        return f"the test loss became NaN or infinite at epoch {epoch} (lower learning_rate)"
+    return None
 
-    def _write_results(self, results: dict[str, Any]) -> None:
-        text = json.dumps(results, indent=1).encode()
-        atomic_write(self.folder / "results.json", lambda f: f.write(text))
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    floats = [t.isfinite().all() for t in state.values() if t.is_floating_point()]
+    return bool(torch.stack(floats).all()) if floats else True
+
+
+def _log(writer: Any, epoch: int, lr: float, train: dict[str, Any], val: dict[str, float]) -> None:
+    """The published tags follow one rule: every loss term -> loss_train/<term> (the total: loss_train/total),
+    every accuracy -> <name>/top_1 and /top_5; then the test numbers and the learning rate."""
+    for key, value in train.items():
+        if key == "loss":
+            writer.add_scalar("loss_train/total", value, epoch)
+        elif key.startswith("loss_"):
+            writer.add_scalar(f"loss_train/{key.removeprefix('loss_')}", value, epoch)
+        elif key.endswith(("_top1", "_top5")):
+            writer.add_scalar(f"{key[:-5]}/top_{key[-1]}", value, epoch)
+    writer.add_scalar("loss_val/loss", val["loss"], epoch)
+    writer.add_scalar("acc_val/top_1", val["top1"], epoch)
+    writer.add_scalar("acc_val/top_5", val["top5"], epoch)
+    writer.add_scalar("lr", lr, epoch)
+    writer.flush()  # before the checkpoint: a resume purges anything logged past it

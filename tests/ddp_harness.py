@@ -21,7 +21,7 @@ rank, world = distributed.setup(opt)
 distributed.share_seed(opt)
 method = CoCoRD(build_model("resnet8", 10), build_model("resnet14", 10), opt).train()
 ddp, sync = distributed.wrap(method, opt, torch.device("cpu"))
-optimizer = build_optimizer(method, opt)
+optimizer = build_optimizer(method.trainable_parameters(), opt)
 meter = DeviceMeter(method.accuracy_outputs, torch.device("cpu"))
 keys = []
 method.teacher_head.register_forward_hook(lambda module, inputs, output: keys.append(F.normalize(output, dim=1)))

@@ -29,7 +29,7 @@ def build_from_fixture(fx: dict) -> tuple[CoCoRD, torch.optim.Optimizer]:
     method.predictor.load_state_dict(init["predictor"])
     method.queue.copy_(init["queue"])
     method.train()
-    return method, build_optimizer(method, opt)
+    return method, build_optimizer(method.trainable_parameters(), opt)
 
 
 @pytest.fixture(scope="module")

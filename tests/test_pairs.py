@@ -26,7 +26,7 @@ def test_pair_takes_a_step(teacher_name, student_name):
     teacher_head = {k: v.clone() for k, v in method.teacher_head.named_parameters()}
     student_head = {k: v.clone() for k, v in method.student_head.named_parameters()}
     views = [torch.randn(4, 3, 32, 32) for _ in range(3)]
-    out = train_step(method, build_optimizer(method, opt), views, torch.tensor([0, 1, 2, 3]))
+    out = train_step(method, build_optimizer(method.trainable_parameters(), opt), views, torch.tensor([0, 1, 2, 3]))
     assert all(torch.isfinite(out[k]) for k in ("loss", "loss_ctr", "loss_cls", "loss_pred", "loss_kd"))
     assert out["ctr_logits"].shape == (4, 1 + TINY_COCORD["key_size"]) and int(method.queue_ptr) == 4
     same = method.teacher.feature_dim == method.student.feature_dim

@@ -1,9 +1,13 @@
-"""What a run prints: a live bar per epoch on a terminal, one line per epoch elsewhere (CI logs)."""
+"""What a run shows: on a terminal a tqdm bar that advances every step and fits the width, elsewhere
+(a log file, CI) one line per epoch; every line also goes to each trial's train.log."""
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
+
+from tqdm import tqdm
 
 
 def format_duration(seconds: float) -> str:
@@ -13,46 +17,73 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 class Progress:
-    def __init__(self, epochs: int, steps_per_epoch: int, stream: TextIO = sys.stdout,
-                 enabled: bool = True):
+    def __init__(self, epochs: int, steps_per_epoch: int, stream: TextIO = sys.stdout, enabled: bool = True):
         self.epochs, self.steps = epochs, steps_per_epoch
-        self.stream = stream
-        self.enabled = enabled
+        self.stream, self.enabled = stream, enabled
         self.tty = enabled and stream.isatty()
+        self.logs: list[Path] = []
+        self.said: list[str] = []  # lines said before the logs exist (checks, the teacher's accuracy)
+        self.bar: tqdm | None = None
         self.epoch_seconds: list[float] = []
+        self.epoch, self.lr, self.t0 = 0, 0.0, time.perf_counter()
+
+    def log_to(self, paths: list[Path]) -> None:
+        """Append every line said, from the start of the run, to these files (each trial's train.log)."""
+        self.logs = list(paths)
+        for path in self.logs:
+            with open(path, "a") as f:
+                f.writelines(line + "\n" for line in self.said)
 
     def say(self, text: str) -> None:
         if self.enabled:
-            print(text, file=self.stream, flush=True)
+            if self.bar is not None:
+                self.bar.write(text, file=self.stream)  # above the bar, which stays at the bottom
+            else:
+                print(text, file=self.stream, flush=True)
+        if not self.logs:
+            self.said.append(text)
+        for path in self.logs:
+            with open(path, "a") as f:
+                f.write(text + "\n")
 
     def start_epoch(self, epoch: int, lr: float) -> None:
         self.epoch, self.lr, self.t0 = epoch, lr, time.perf_counter()
+        if self.tty:
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}", file=self.stream, leave=False,
+                            dynamic_ncols=True, unit="step", mininterval=0.5)
 
-    def update(self, step: int, stats: dict[str, Any]) -> None:
-        """Redraw the bar (terminal only); `stats` was read from the device just now."""
-        if not self.tty:
-            return
-        elapsed = time.perf_counter() - self.t0
-        rate = stats["images"] / max(elapsed, 1e-9)
-        left = (self.steps - step) * elapsed / max(step, 1)
-        width = 24
-        done = int(width * step / max(self.steps, 1))
-        bar = "#" * done + "." * (width - done)
-        acc = stats.get("acc_train_top1", 0.0)
-        self.stream.write(f"\repoch {self.epoch}/{self.epochs} [{bar}] {step}/{self.steps} "
-                          f"loss {stats['loss']:.4f} acc {acc:5.2f}% {rate:7.0f} img/s "
-                          f"epoch left {format_duration(left)}  ")
-        self.stream.flush()
+    def step(self) -> None:
+        """One step done: host-side bookkeeping only, nothing is read from the device."""
+        if self.bar is not None:
+            self.bar.update(1)
 
-    def end_epoch(self, train: dict[str, Any], val: dict[str, float]) -> None:
+    def update(self, stats: dict[str, Any]) -> None:
+        """New statistics, read from the device just now (every print_freq steps)."""
+        if self.bar is not None:
+            rate = stats["images"] / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix_str(f"loss {stats['loss']:.4f} acc {stats.get('acc_train_top1', 0.0):.2f}% "
+                                     f"{rate:.0f} img/s", refresh=False)
+
+    def close(self) -> None:
+        """Take the bar off the screen (before an epoch's lines, an error or an interruption message)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def end_epoch(self, lines: list[tuple[str, dict[str, Any], dict[str, float]]]) -> None:
+        """One line per trial: (label, training statistics, test results)."""
         seconds = time.perf_counter() - self.t0
+        self.close()
         self.epoch_seconds.append(seconds)
         recent = self.epoch_seconds[-5:]
         eta = (self.epochs - self.epoch) * sum(recent) / len(recent)
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.say(f"epoch {self.epoch}/{self.epochs} lr {self.lr:g} | train loss {train['loss']:.4f} "
-                 f"top1 {train.get('acc_train_top1', 0.0):.2f}% | test loss {val['loss']:.4f} "
-                 f"top1 {val['top1']:.2f}% top5 {val['top5']:.2f}% | "
-                 f"{train['images'] / max(seconds, 1e-9):.0f} img/s {seconds:.1f}s | left {format_duration(eta)}")
+        for label, train, val in lines:
+            self.say(f"epoch {self.epoch}/{self.epochs}{label} lr {self.lr:g} | train loss {train['loss']:.4f} "
+                     f"top1 {train.get('acc_train_top1', 0.0):.2f}% | test loss {val['loss']:.4f} "
+                     f"top1 {val['top1']:.2f}% top5 {val['top5']:.2f}% | "
+                     f"{train['images'] / max(seconds, 1e-9):.0f} img/s {seconds:.1f}s | left {format_duration(eta)}")

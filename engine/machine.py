@@ -1,0 +1,92 @@
+"""The machine a run uses: its device, the speed settings that apply there, and whether the state fits."""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from distiller import Distiller
+from engine.step import Speed
+from models import build_model
+from options.schema import OptionsError
+from utils import distributed
+
+
+def select_device(opt: dict[str, Any], say: Callable[[str], None]) -> torch.device:
+    """The GPU `gpu` names, made the current one (streams and graph capture synchronise with the current
+    device's stream), or the CPU."""
+    if distributed.is_distributed() and torch.cuda.is_available():
+        device = torch.device("cuda", distributed.local_rank())
+    elif opt["gpu"] is None:
+        return torch.device("cpu")
+    elif not torch.cuda.is_available():
+        say("warning: no CUDA GPU found; training on the CPU (slow; set gpu: null to silence this)")
+        return torch.device("cpu")
+    elif opt["gpu"] >= torch.cuda.device_count():
+        raise OptionsError(f"option 'gpu' is {opt['gpu']} but this machine has {torch.cuda.device_count()} GPU(s)")
+    else:
+        device = torch.device("cuda", opt["gpu"])
+    torch.cuda.set_device(device)
+    return device
+
+
+def effective_speed(opt: dict[str, Any], device: torch.device, trials: int, world: int) -> Speed:
+    """The fast path applies on a GPU; on the CPU everything is the published eager path."""
+    s, gpu = opt["speed"], device.type == "cuda"
+    loader = "gpu" if s["loader"] == "gpu" or (s["loader"] == "auto" and gpu) else "torchvision"
+    if opt["dataset"] != "cifar100":
+        loader = "torchvision"
+    return Speed(loader=loader, cuda_graph=gpu and s["cuda_graph"] and world == 1, compile=gpu and s["compile"],
+                 channels_last=gpu and s["channels_last"], streams=gpu and s["streams"] and trials == 1,
+                 amp=gpu and s["amp"])
+
+
+def effective_workers(opt: dict[str, Any], say: Callable[[str], None]) -> int:
+    """On the CPU, no more loader workers than cores (more only compete with the training itself)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if opt["num_workers"] > cores:
+        say(f"note: num_workers {opt['num_workers']} is more than this machine's {cores} cores; using {cores}")
+        return cores
+    return opt["num_workers"]
+
+
+def quiet_library_warnings() -> None:
+    """Warnings that say nothing to a user of this project (each was seen at every run)."""
+    warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")
+    warnings.filterwarnings("ignore", message=".*suggested max number of worker.*")
+    warnings.filterwarnings("ignore", message=".*performance drop because we have not yet implemented the batching.*")
+
+
+def check_memory(method_cls: type[Distiller], opt: dict[str, Any], teacher_arch: str | None, trials: int,
+                 device: torch.device) -> None:
+    """Refuse, before anything is built, options whose weights, optimizer state and buffers alone would not fit
+    (a typo in a size, say): built on the meta device, which allocates nothing."""
+    with torch.device("meta"):
+        student = build_model(opt["student_model"], opt["n_cls"])
+        teacher = build_model(teacher_arch, opt["n_cls"]) if teacher_arch else None
+        method = method_cls(student, teacher, opt)
+    sizes = {k: t.numel() * t.element_size() for k, t in method.checkpoint_state().items()}
+    trained = sum(p.numel() * p.element_size() for p in method.trainable_parameters())
+    need = (sum(sizes.values()) + 2 * trained) * trials  # + gradients and momentum
+    free = _free_bytes(device)
+    if free is not None and need > 0.8 * free:
+        largest = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:3])
+        raise OptionsError(f"these options need about {need / 2**30:.1f} GiB for weights, optimizer state and buffers "
+                           f"({trials} trial(s); largest: {largest}) but {free / 2**30:.1f} GiB is free on {device}; "
+                           "lower the sizes in the options or train fewer trials at once")
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

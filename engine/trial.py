@@ -1,0 +1,168 @@
+"""A trial's folder and the files in it: where each lives, how an epoch's files are written, how they are read.
+
+    experiments/<experiment>/trial_<t>/
+        options.yml  run.json  train.log  network_summary.txt  results.json  events.out.tfevents.*
+        model/checkpoint.pth  model/best.pth  model/ckpt_epoch_<epochs>.pth
+
+`model/checkpoint.pth` holds everything a resume needs and is written first at the end of an epoch: it is
+the commit. best.pth, ckpt_epoch_<epochs>.pth and results.json follow and can always be rebuilt from it
+(`repair`), so a stop between any two writes leaves a trial that resumes to files that agree.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.files import atomic_save, atomic_write_text
+
+
+class ResumeError(ValueError):
+    """A resume target that cannot be used: one line saying which and why."""
+
+
+@dataclass
+class RunState:
+    """What survives an epoch boundary, in the checkpoint."""
+    epoch: int = 0
+    best_acc: float = 0.0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TrialPaths:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.model_dir = self.folder / "model"
+        self.checkpoint = self.model_dir / "checkpoint.pth"
+        self.best = self.model_dir / "best.pth"
+        self.options = self.folder / "options.yml"
+        self.results = self.folder / "results.json"
+        self.provenance = self.folder / "run.json"
+        self.log = self.folder / "train.log"
+        self.summary = self.folder / "network_summary.txt"
+
+    def epoch_file(self, epoch: int) -> Path:
+        """CRD's layout (`ckpt_epoch_240.pth`), so a run's `path.teacher` can point here directly."""
+        return self.model_dir / f"ckpt_epoch_{epoch}.pth"
+
+    @property
+    def number(self) -> int:
+        return int(self.folder.name.removeprefix("trial_"))
+
+
+def experiment_folder(opt: dict[str, Any], default_name: str) -> Path:
+    return Path(opt["experiments_dir"]) / (opt["experiment_name"] or default_name)
+
+
+def make_checkpoint(*, epoch: int, student: dict[str, torch.Tensor], method: dict[str, torch.Tensor],
+                    optimizer: dict[str, Any], state: RunState, accuracy: float, opt: dict[str, Any],
+                    rng: dict[str, Any], seed: int, teacher_fingerprint: float | None) -> dict[str, Any]:
+    """A superset of CRD's layout ({'epoch', 'model', 'best_acc', 'optimizer'}: it loads as a teacher) and of
+    the published CoCoRD one ('s_model_dict', 'best_acc1': the same tensors, saved once)."""
+    return {"epoch": epoch, "model": student, "s_model_dict": student, "best_acc": state.best_acc,
+            "best_acc1": state.best_acc, "best_epoch": state.best_epoch, "accuracy": accuracy,
+            "arch": opt["student_model"], "optimizer": optimizer, "method": method, "history": state.history,
+            "rng": rng, "seed": seed, "options": opt, "teacher_fingerprint": teacher_fingerprint}
+
+
+def results_of(ckpt: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """What results.json holds, computed from a checkpoint alone."""
+    opt, history = ckpt["options"], ckpt["history"]
+    last = history[-1] if history else {}
+    return {"finished": ckpt["epoch"] >= opt["epochs"], "best_acc": ckpt["best_acc"], "best_epoch": ckpt["best_epoch"],
+            "last_acc": last.get("val_top1"), "last_epoch": last.get("epoch"), "last_top5": last.get("val_top5"),
+            **extra, "student_model": opt["student_model"], "teacher_model": opt["teacher_model"],
+            "distill": opt["distill"], "epochs": opt["epochs"], "history": history}
+
+
+def _write_best(paths: TrialPaths, ckpt: dict[str, Any]) -> None:
+    atomic_save({"epoch": ckpt["epoch"], "model": ckpt["model"], "s_model_dict": ckpt["model"],
+                 "best_acc": ckpt["best_acc"], "best_acc1": ckpt["best_acc"], "arch": ckpt["arch"]}, paths.best)
+
+
+def _write_epoch_file(paths: TrialPaths, ckpt: dict[str, Any]) -> None:
+    atomic_save({"epoch": ckpt["epoch"], "model": ckpt["model"], "best_acc": ckpt["best_acc"],
+                 "optimizer": ckpt["optimizer"]}, paths.epoch_file(ckpt["epoch"]))
+
+
+def _write_results(paths: TrialPaths, results: dict[str, Any]) -> None:
+    atomic_write_text(paths.results, json.dumps(results, indent=1, allow_nan=False))
+
+
+def save_epoch(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The end of an epoch on disk: the checkpoint first (the commit), then what derives from it."""
+    atomic_save(ckpt, paths.checkpoint)
+    if ckpt["best_epoch"] == ckpt["epoch"]:
+        _write_best(paths, ckpt)
+    if ckpt["epoch"] == ckpt["options"]["epochs"]:
+        _write_epoch_file(paths, ckpt)
+    _write_results(paths, results_of(ckpt, extra))
+
+
+def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -> list[str]:
+    """Rewrite whatever a stop after the checkpoint left behind it; returns the files rewritten."""
+    fixed = []
+    if ckpt["best_epoch"] == ckpt["epoch"] and _saved_epoch(paths.best) != ckpt["epoch"]:
+        _write_best(paths, ckpt)
+        fixed.append(paths.best.name)
+    if ckpt["epoch"] == ckpt["options"]["epochs"] and not paths.epoch_file(ckpt["epoch"]).is_file():
+        _write_epoch_file(paths, ckpt)
+        fixed.append(paths.epoch_file(ckpt["epoch"]).name)
+    results = results_of(ckpt, extra)
+    if _read_json(paths.results) != json.loads(json.dumps(results)):
+        _write_results(paths, results)
+        fixed.append(paths.results.name)
+    return fixed
+
+
+def _saved_epoch(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - missing, damaged or foreign: rewrite it
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ResumeError(f"cannot resume from {path}: not a regular file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read means the same thing to the user
+        raise ResumeError(f"cannot read checkpoint {path} ({type(err).__name__}); it is damaged or not ours") from None
+    if not isinstance(ckpt, dict) or "method" not in ckpt or "epoch" not in ckpt or "options" not in ckpt:
+        raise ResumeError(f"{path} is not a checkpoint written by this project's training (no method state); "
+                          "it can be used as path.teacher, not for resume")
+    return ckpt
+
+
+def resume_target(target: str) -> TrialPaths:
+    """The trial a `path.resume` names: a trial folder, or the model/checkpoint.pth inside one. A checkpoint
+    anywhere else is refused: continuing it would write into some other run's folder."""
+    path = Path(target)
+    folder = path if path.is_dir() else path.parent.parent
+    paths = TrialPaths(folder)
+    if path.is_dir() or path.name == paths.checkpoint.name and path.parent.name == "model":
+        if not paths.checkpoint.is_file():
+            raise ResumeError(f"nothing to resume at {target}: no model/checkpoint.pth there (an interrupted "
+                              "first epoch saves nothing; start the run again)")
+        return paths
+    if not path.exists():
+        raise ResumeError(f"nothing to resume at {target}: no such file or folder")
+    raise ResumeError(f"cannot resume from {target}: name a trial folder or the model/checkpoint.pth inside one "
+                      "(a checkpoint elsewhere has no run folder to continue; copy the whole trial folder instead)")
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,74 @@
+"""The first writes of a run, once every check has passed: locks, folders, options, provenance."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+
+from engine.resume import FolderPlan
+from engine.trainer import Trial
+from engine.trial import TrialPaths, repair
+from options.schema import dump_options
+from utils.files import FolderLock, LockError, archive_name, atomic_write_text
+from utils.provenance import session
+
+
+class FolderBusy(RuntimeError):
+    """Another process is training this trial."""
+
+
+def lock_trials(trials: list[Trial]) -> list[FolderLock]:
+    """One lock per trial, beside its folder, held while the run trains: a second process on the same trial
+    stops before it renames or writes anything."""
+    locks = []
+    try:
+        for trial in trials:
+            locks.append(FolderLock(trial.paths.folder.parent, trial.paths.folder.name))
+    except LockError as err:
+        for lock in locks:
+            lock.release()
+        raise FolderBusy(f"{trial.paths.folder} is being trained by {err} right now; wait for it to finish, or "
+                         "give this run another -t or experiment_name") from None
+    return locks
+
+
+def prepare_folder(plan: FolderPlan, say: Any) -> None:
+    if plan.archive:
+        target = archive_name(plan.paths.folder, time.strftime("%y%m%d-%H%M%S"))
+        plan.paths.folder.rename(target)
+        say(f"{plan.note}: {target}")
+    plan.paths.folder.mkdir(parents=True)
+
+
+def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], say: Any) -> None:
+    fixed = repair(paths, ckpt, extra)
+    if fixed:
+        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the run had stopped while "
+            "writing them)")
+
+
+def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],
+               seed: int, summary: str) -> None:
+    """options.yml (the options as they run, speed settings as they apply here), run.json (one entry per start or
+    resume: command, code, libraries, machine) and the network summary."""
+    dump_options(opt, paths.options)
+    sessions = []
+    if paths.provenance.is_file():
+        try:
+            sessions = json.loads(paths.provenance.read_text()).get("sessions", [])
+        except (OSError, ValueError, AttributeError):
+            sessions = []
+    sessions.append(session(argv, device, speed, seed))
+    atomic_write_text(paths.provenance, json.dumps({"sessions": sessions}, indent=1))
+    paths.summary.write_text(summary)
+
+
+def network_summary(method: torch.nn.Module) -> str:
+    lines = []
+    for name, module in method.named_children():
+        n = sum(p.numel() for p in module.parameters())
+        trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        lines.append(f"{name}: {n:,} parameters ({trained:,} trained)")
+    return "\n".join(lines) + "\n\n" + repr(method) + "\n"
