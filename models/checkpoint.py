@@ -211,6 +211,45 @@ def _key_diff(arch: str, state_dict: Mapping[str, Tensor]) -> str:
     return "; ".join(bits)
 
 
+def _closest_entry(state_dict: Mapping[str, Tensor]) -> str:
+    """The zoo entry whose key names overlap the state_dict's most (Jaccard; the first in registry order on ties)."""
+    def overlap(name: str) -> float:
+        keys, ref = set(_to_zoo_keys(name, state_dict)), _signature(name).shapes.keys()
+        return len(keys & ref) / len(keys | ref)
+
+    return max(MODEL_REGISTRY, key=overlap)
+
+
+def detect_architecture(path: str | os.PathLike[str], num_classes: int | None) -> str:
+    """The one zoo name whose keys and shapes the checkpoint holds, with `num_classes` classes (any if None).
+
+    For `teacher_model: auto`. Raises CheckpointError (one line) if no entry matches, saying what the file
+    holds, or if several do, naming them."""
+    path = Path(path)
+    state_dict = read_state_dict(path)
+    matches = match_architectures(state_dict)
+    fitting = [name for name, n in matches if num_classes is None or n == num_classes]
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:
+        raise CheckpointError(
+            f"checkpoint {path} fits several models of the zoo ({', '.join(fitting)}); "
+            f"set teacher_model to the one it is instead of auto"
+        )
+    if matches:  # the right network with another class count
+        name, n = matches[0]
+        raise CheckpointError(
+            f"checkpoint {path} is a {_describe(matches, num_classes)}, but {num_classes} classes were asked for "
+            f"(set n_cls: {n} or point path.teacher at a checkpoint with {num_classes} classes)"
+        )
+    closest = _closest_entry(state_dict)
+    raise CheckpointError(
+        f"checkpoint {path} holds a state_dict of {len(state_dict)} tensors that matches no model in the zoo "
+        f"(closest: {closest}, {_key_diff(closest, state_dict)}); use a checkpoint of one of: "
+        f"{', '.join(MODEL_REGISTRY)}"
+    )
+
+
 def load_teacher(path: str | os.PathLike[str], arch: str, num_classes: int = 100) -> ZooModel:
     """Build `arch`, load the checkpoint strictly, freeze every parameter and return it in eval mode."""
     path = Path(path)

@@ -29,10 +29,12 @@ from models import (
     CheckpointError,
     ZooModel,
     build_model,
+    detect_architecture,
     identify_architecture,
     load_teacher,
 )
 from models.checkpoint import _signature, match_architectures, read_state_dict
+from models.registry import MODEL_REGISTRY
 
 FIX = architectures_fixture()
 ARCHS = FIX["architectures"]
@@ -358,6 +360,7 @@ def test_published_mobilenetv2_checkpoint_loads(layout, tmp_path):
     assert match_architectures(loaded) == [("MobileNetV2", NUM_CLASSES)]
     assert identify_architecture(loaded, NUM_CLASSES) == ["MobileNetV2"]
     assert identify_architecture(loaded, None) == ["MobileNetV2"]
+    assert detect_architecture(path, NUM_CLASSES) == "MobileNetV2"
     teacher = load_teacher(path, "MobileNetV2", NUM_CLASSES)
     _assert_teacher_equals(teacher, ours)
     with torch.no_grad():  # and it computes what the published network computes
@@ -402,8 +405,8 @@ def test_fifo_is_refused_at_once(tmp_path):
     # Nothing ever writes to the pipe: an open() that waits for a writer would hang until the timeout.
     code = """
 import sys, time
-from models import CheckpointError, load_teacher, read_state_dict
-calls = (read_state_dict, lambda p: load_teacher(p, "resnet8", 100))
+from models import CheckpointError, detect_architecture, load_teacher, read_state_dict
+calls = (read_state_dict, lambda p: load_teacher(p, "resnet8", 100), lambda p: detect_architecture(p, 100))
 for call in calls:
     start = time.monotonic()
     try:
@@ -414,7 +417,7 @@ for call in calls:
     proc = _run_isolated(code, str(fifo))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 2, proc.stdout
+    assert len(lines) == 3, proc.stdout
     for line in lines:
         seconds, msg = line.split(" ", 1)
         assert float(seconds) < 5
@@ -426,3 +429,52 @@ def test_device_is_refused():
     with pytest.raises(CheckpointError) as err:
         read_state_dict("/dev/null")
     assert "is a character device, not a regular file" in one_line(err)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet32x4", "wrn_40_1", "vgg8", "ShuffleV1", "ResNet50", "resnet18"])
+def test_detect_architecture(name, tmp_path):
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in build_model(name, 10).state_dict().items()}
+    path = tmp_path / "t.pth"
+    torch.save({"epoch": 240, "model": {k: torch.zeros(s) for k, s in shapes.items()}}, path)
+    assert detect_architecture(path, 10) == name
+    assert detect_architecture(path, None) == name
+
+
+def test_detect_architecture_wrong_class_count(tmp_path):
+    path = tmp_path / "t.pth"
+    save_crd_checkpoint(build_model("resnet8x4", 10), path)
+    with pytest.raises(CheckpointError) as err:
+        detect_architecture(path, 100)
+    msg = one_line(err)
+    assert "is a resnet8x4 with 10 classes, but 100 classes" in msg and "set n_cls: 10" in msg
+
+
+def test_detect_architecture_no_match_says_what_it_is(tmp_path):
+    sd = build_model("resnet8").state_dict()
+    sd.pop("fc.bias")
+    sd["extra.weight"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError) as err:
+        detect_architecture(tmp_path / "odd.pth", 100)
+    msg = one_line(err)
+    assert f"state_dict of {len(sd)} tensors that matches no model in the zoo" in msg
+    assert "closest: resnet8" in msg and "fc.bias" in msg and "extra.weight" in msg
+
+
+def test_detect_architecture_several_matches_are_named(tmp_path, monkeypatch):
+    # Two zoo names for one network (an alias, say) make `auto` ambiguous: both are named.
+    monkeypatch.setitem(MODEL_REGISTRY, "resnet8_alias", MODEL_REGISTRY["resnet8"])
+    save_crd_checkpoint(build_model("resnet8"), tmp_path / "t.pth")
+    with pytest.raises(CheckpointError) as err:
+        detect_architecture(tmp_path / "t.pth", 100)
+    msg = one_line(err)
+    assert "fits several models of the zoo (resnet8, resnet8_alias)" in msg and "teacher_model" in msg
+
+
+def test_detect_architecture_reports_unreadable_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        detect_architecture(tmp_path / "none.pth", 100)
+    (tmp_path / "e.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        detect_architecture(tmp_path / "e.pth", None)
