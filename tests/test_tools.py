@@ -183,7 +183,6 @@ def test_paper_options_files() -> None:
         e = entries[pair]
         assert f"CoCoRD {e['cocord']:.2f}" in path.read_text().splitlines()[0]
         assert f"CoCoRD+KD {e['cocord_kd']:.2f}" in path.read_text().splitlines()[0]
-        assert "SPEC" not in path.read_text()
     # CRD's learning rate for its small students, said where it is set; 0.05 (the template's) for the rest.
     base = load_options(ROOT / "options" / "train_student.yml")
     assert base["learning_rate"] == 0.05
