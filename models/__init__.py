@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (CRD order)
 from .base import ZooModel
 from .checkpoint import (
     CheckpointError,
+    detect_architecture,
     identify_architecture,
     load_teacher,
     match_architectures,
@@ -34,7 +35,7 @@ CRD_CIFAR_MODELS: tuple[str, ...] = (
 )
 
 __all__ = [
-    "CRD_CIFAR_MODELS", "CheckpointError", "ZooModel", "build_model", "identify_architecture",
+    "CRD_CIFAR_MODELS", "CheckpointError", "ZooModel", "build_model", "detect_architecture", "identify_architecture",
     "load_teacher", "match_architectures", "model_dict", "read_state_dict", "register",
     "unknown_model_message",
 ]

@@ -1,6 +1,9 @@
 """The interface every zoo model shares, so callers never need per-architecture code."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -16,6 +19,9 @@ class ZooModel(nn.Module):
     """
 
     feature_dim: int
+    # State_dict key names that other published versions of this same network use, mapped to ours, so their
+    # checkpoints load unchanged (models.checkpoint applies it). Only names differ, never shapes.
+    legacy_keys: ClassVar[Mapping[str, str]] = {}
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError

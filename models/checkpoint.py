@@ -1,7 +1,9 @@
 """Reading checkpoints safely and loading teachers, with one-line errors that say what to do.
 
 Files are only ever opened with `torch.load(..., weights_only=True)`: a pickle that needs code to
-load is refused, never run.
+load is refused, never run. Only regular files are read (a named pipe would block forever). Key names
+that other published copies of a zoo network use (`ZooModel.legacy_keys`) are translated in one place,
+`_to_zoo_keys`, so such checkpoints are recognised and load strictly like our own.
 """
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import contextlib
 import os
 import pickle
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +31,7 @@ HOW_TO_GET_TEACHERS = (
 _STATE_DICT_ENTRIES = ("model", "s_model_dict", "state_dict")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile saves
 _PROBE_CLASSES = 100  # signatures are built once at this class count; the head's row count is free
+V = TypeVar("V")
 
 
 class CheckpointError(ValueError):
@@ -78,6 +83,24 @@ def _strip_wrappers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return state
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _open_regular_file(path: Path) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file: opening a FIFO blocks forever, and a device or a
+    socket never ends. O_NONBLOCK makes the open itself return at once; the check is on what was opened."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = next((label for test, label in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise CheckpointError(f"checkpoint {path} is {what}, not a regular file; point at a saved .pth file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)  # a regular file ignores the flag; clear it so nothing downstream sees it
+    return os.fdopen(fd, "rb")
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The model state_dict in a CRD (`model`), CoCoRD (`s_model_dict`) or bare checkpoint, on the CPU."""
     path = Path(path)
@@ -85,11 +108,16 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint {path} does not exist; to get a teacher, {HOW_TO_GET_TEACHERS}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; point at the .pth file inside it")
+    head = b""
     try:
-        with open(path, "rb") as f:
+        # Read the very file that was checked (not the path again), so a swap in between cannot slip through.
+        with _open_regular_file(path) as f:
             head = f.read(8)
-        with _numpy_scalars_allowed():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            f.seek(0)
+            with _numpy_scalars_allowed():
+                obj = torch.load(f, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except OSError as e:
         raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
     except Exception as e:  # every loader failure (pickle, zip, EOF, ...) becomes one line
@@ -110,19 +138,36 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return _strip_wrappers(dict(obj))
 
 
+class _Signature(NamedTuple):
+    shapes: dict[str, tuple[int, ...]]  # key -> shape, at _PROBE_CLASSES classes
+    head: str  # key prefix of the final Linear (its row count is the class count)
+    legacy_keys: Mapping[str, str]  # other layouts' key names -> ours (ZooModel.legacy_keys)
+
+
 @cache
-def _signature(name: str) -> tuple[dict[str, tuple[int, ...]], str]:
-    """Key -> shape of a zoo entry and the key prefix of its final Linear; built on the meta device (no memory, fast)."""
+def _signature(name: str) -> _Signature:
+    """What a checkpoint of this zoo entry holds; built on the meta device (no memory, fast)."""
     with torch.device("meta"):
         model = MODEL_REGISTRY[name](num_classes=_PROBE_CLASSES)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    return shapes, head
+    return _Signature(shapes, head, getattr(model, "legacy_keys", {}))
+
+
+def _to_zoo_keys(name: str, entries: Mapping[str, V]) -> dict[str, V]:
+    """`entries` with the legacy key names that zoo entry `name` accepts renamed to its own; the one place
+    where other layouts are translated. Nothing is renamed if a target name is already there (a mixed file
+    must not have one tensor silently replace another)."""
+    legacy = _signature(name).legacy_keys
+    if not any(k in entries for k in legacy) or any(legacy[k] in entries for k in legacy if k in entries):
+        return dict(entries)
+    return {legacy.get(k, k): v for k, v in entries.items()}
 
 
 def _num_classes_if_match(name: str, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
     """The class count if `shapes` is this entry's signature with any number of classes, else None."""
-    ref, head = _signature(name)
+    ref, head, _ = _signature(name)
+    shapes = _to_zoo_keys(name, shapes)
     if ref.keys() != shapes.keys():
         return None
     weight, bias = shapes[f"{head}.weight"], shapes.get(f"{head}.bias", ())
@@ -136,7 +181,7 @@ def _num_classes_if_match(name: str, shapes: Mapping[str, tuple[int, ...]]) -> i
 
 
 def match_architectures(state_dict: Mapping[str, Tensor]) -> list[tuple[str, int]]:
-    """(name, num_classes) of every zoo entry whose keys and shapes equal the state_dict's."""
+    """(name, num_classes) of every zoo entry whose keys (or its legacy names) and shapes equal the state_dict's."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     found = [(name, _num_classes_if_match(name, shapes)) for name in MODEL_REGISTRY]
     return [(name, n) for name, n in found if n is not None]
@@ -152,8 +197,10 @@ def _describe(matches: list[tuple[str, int]], num_classes: int) -> str:
     return " or ".join(parts)
 
 
-def _key_diff(path: Path, arch: str, state_dict: Mapping[str, Tensor]) -> str:
-    ref, _ = _signature(arch)
+def _key_diff(arch: str, state_dict: Mapping[str, Tensor]) -> str:
+    """What keeps `state_dict` from loading into `arch`: missing and unexpected keys, wrong shapes."""
+    ref = _signature(arch).shapes
+    state_dict = _to_zoo_keys(arch, state_dict)
     missing = [k for k in ref if k not in state_dict]
     unexpected = [k for k in state_dict if k not in ref]
     wrong = [f"{k} {tuple(state_dict[k].shape)} vs {ref[k]}" for k in ref if k in state_dict
@@ -161,7 +208,46 @@ def _key_diff(path: Path, arch: str, state_dict: Mapping[str, Tensor]) -> str:
     bits = [f"{label} {len(items)} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})"
             for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", wrong))
             if items]
-    return f"checkpoint {path} matches no model in the zoo; against {arch}: " + "; ".join(bits)
+    return "; ".join(bits)
+
+
+def _closest_entry(state_dict: Mapping[str, Tensor]) -> str:
+    """The zoo entry whose key names overlap the state_dict's most (Jaccard; the first in registry order on ties)."""
+    def overlap(name: str) -> float:
+        keys, ref = set(_to_zoo_keys(name, state_dict)), _signature(name).shapes.keys()
+        return len(keys & ref) / len(keys | ref)
+
+    return max(MODEL_REGISTRY, key=overlap)
+
+
+def detect_architecture(path: str | os.PathLike[str], num_classes: int | None) -> str:
+    """The one zoo name whose keys and shapes the checkpoint holds, with `num_classes` classes (any if None).
+
+    For `teacher_model: auto`. Raises CheckpointError (one line) if no entry matches, saying what the file
+    holds, or if several do, naming them."""
+    path = Path(path)
+    state_dict = read_state_dict(path)
+    matches = match_architectures(state_dict)
+    fitting = [name for name, n in matches if num_classes is None or n == num_classes]
+    if len(fitting) == 1:
+        return fitting[0]
+    if fitting:
+        raise CheckpointError(
+            f"checkpoint {path} fits several models of the zoo ({', '.join(fitting)}); "
+            f"set teacher_model to the one it is instead of auto"
+        )
+    if matches:  # the right network with another class count
+        name, n = matches[0]
+        raise CheckpointError(
+            f"checkpoint {path} is a {_describe(matches, num_classes)}, but {num_classes} classes were asked for "
+            f"(set n_cls: {n} or point path.teacher at a checkpoint with {num_classes} classes)"
+        )
+    closest = _closest_entry(state_dict)
+    raise CheckpointError(
+        f"checkpoint {path} holds a state_dict of {len(state_dict)} tensors that matches no model in the zoo "
+        f"(closest: {closest}, {_key_diff(closest, state_dict)}); use a checkpoint of one of: "
+        f"{', '.join(MODEL_REGISTRY)}"
+    )
 
 
 def load_teacher(path: str | os.PathLike[str], arch: str, num_classes: int = 100) -> ZooModel:
@@ -174,12 +260,14 @@ def load_teacher(path: str | os.PathLike[str], arch: str, num_classes: int = 100
     if _num_classes_if_match(arch, shapes) != num_classes:
         matches = match_architectures(state_dict)
         if not matches:
-            raise CheckpointError(_key_diff(path, arch, state_dict))
+            raise CheckpointError(
+                f"checkpoint {path} matches no model in the zoo; against {arch}: {_key_diff(arch, state_dict)}"
+            )
         if [name for name, _ in matches] == [arch]:
             n = matches[0][1]
             raise CheckpointError(
                 f"checkpoint {path} is a {arch} with {n} classes, but {num_classes} classes were asked for "
-                f"(use a dataset/num_classes of {n} or a {arch} checkpoint with {num_classes} classes)"
+                f"(set n_cls: {n} or point path.teacher at a {arch} checkpoint with {num_classes} classes)"
             )
         name = matches[0][0]
         raise CheckpointError(
@@ -191,7 +279,7 @@ def load_teacher(path: str | os.PathLike[str], arch: str, num_classes: int = 100
         model = build_model(arch, num_classes)
     model = model.to_empty(device="cpu")
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(_to_zoo_keys(arch, state_dict), strict=True)
     except RuntimeError as e:  # e.g. a dtype that cannot be copied into float32
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not load into {arch}: {first}") from None

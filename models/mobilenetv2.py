@@ -35,6 +35,10 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(ZooModel):
+    # The published CoCoRD code's copy has a plain Linear classifier where CRD's has Sequential(Linear):
+    # the same tensors under other names.
+    legacy_keys = {"classifier.weight": "classifier.0.weight", "classifier.bias": "classifier.0.bias"}
+
     def __init__(self, T: int = 6, width_mult: float = 0.5, input_size: int = 32, num_classes: int = 100):
         super().__init__()
         setting = [  # t, c, n, s: stage 0 keeps t = 1; stage 1 has stride 1 on CIFAR

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import time
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import ROOT
 from helpers import (
     architectures_fixture,
     fill_by_fixture_rule,
@@ -20,8 +24,17 @@ from helpers import (
 from torch import nn
 
 import models
-from models import CRD_CIFAR_MODELS, CheckpointError, ZooModel, build_model, identify_architecture, load_teacher
+from models import (
+    CRD_CIFAR_MODELS,
+    CheckpointError,
+    ZooModel,
+    build_model,
+    detect_architecture,
+    identify_architecture,
+    load_teacher,
+)
 from models.checkpoint import _signature, match_architectures, read_state_dict
+from models.registry import MODEL_REGISTRY
 
 FIX = architectures_fixture()
 ARCHS = FIX["architectures"]
@@ -180,8 +193,10 @@ def test_wrong_class_count_is_named(tmp_path):
     path = tmp_path / "teacher.pth"
     save_crd_checkpoint(build_model("resnet8x4", 10), path)
     assert match_architectures(read_state_dict(path)) == [("resnet8x4", 10)]
-    with pytest.raises(CheckpointError, match="resnet8x4 with 10 classes, but 100 classes"):
+    with pytest.raises(CheckpointError, match="resnet8x4 with 10 classes, but 100 classes") as err:
         load_teacher(path, "resnet8x4", 100)
+    msg = one_line(err)
+    assert "set n_cls: 10" in msg and "num_classes" not in msg  # the options key, not the parameter name
     with pytest.raises(CheckpointError, match="is a resnet8x4 with 10 classes, but the options say resnet20"):
         load_teacher(path, "resnet20", 100)
 
@@ -313,3 +328,153 @@ def test_torchvision_checkpoint_loads_as_teacher(tmp_path):
     with torch.no_grad():
         assert torch.equal(teacher(x), tv(x))
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def _published_mobilenetv2(num_classes: int = NUM_CLASSES) -> tuple[ZooModel, nn.Module]:
+    """Ours with the fixture's weights, and the same network laid out as the published CoCoRD code has it:
+    its classifier a plain Linear, so its state_dict says `classifier.weight` where ours says `classifier.0.weight`."""
+    ours = fill_by_fixture_rule(build_model("MobileNetV2", num_classes), FIX["salt"])
+    theirs = fill_by_fixture_rule(build_model("MobileNetV2", num_classes), FIX["salt"])
+    theirs.classifier = nn.Linear(theirs.feature_dim, num_classes)
+    with torch.no_grad():
+        theirs.classifier.weight.copy_(ours.classifier[0].weight)
+        theirs.classifier.bias.copy_(ours.classifier[0].bias)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("layout", ["bare", "model", "s_model_dict"])
+def test_published_mobilenetv2_checkpoint_loads(layout, tmp_path):
+    ours, theirs = _published_mobilenetv2()
+    sd = theirs.state_dict()
+    assert "classifier.weight" in sd and "classifier.bias" in sd and "classifier.0.weight" not in sd
+    obj = {
+        "bare": sd,
+        "model": {"epoch": 240, "model": sd, "best_acc": torch.tensor(64.6)},
+        # As the published main.py saves: the student alone, then the whole method under 'state_dict'.
+        "s_model_dict": {"epoch": 240, "s_model_dict": sd, "best_acc1": torch.tensor(64.6),
+                         "state_dict": {f"s_q_encoder.{k}": v for k, v in sd.items()}},
+    }[layout]
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save(obj, path)
+    loaded = read_state_dict(path)
+    assert match_architectures(loaded) == [("MobileNetV2", NUM_CLASSES)]
+    assert identify_architecture(loaded, NUM_CLASSES) == ["MobileNetV2"]
+    assert identify_architecture(loaded, None) == ["MobileNetV2"]
+    assert detect_architecture(path, NUM_CLASSES) == "MobileNetV2"
+    teacher = load_teacher(path, "MobileNetV2", NUM_CLASSES)
+    _assert_teacher_equals(teacher, ours)
+    with torch.no_grad():  # and it computes what the published network computes
+        assert torch.equal(teacher(reference_input()), theirs.eval()(reference_input()))
+
+
+def test_published_mobilenetv2_layout_keeps_the_checks(tmp_path):
+    _, theirs = _published_mobilenetv2(10)
+    torch.save(theirs.state_dict(), tmp_path / "m10.pth")
+    with pytest.raises(CheckpointError, match="MobileNetV2 with 10 classes, but 100 classes"):
+        load_teacher(tmp_path / "m10.pth", "MobileNetV2", 100)
+    with pytest.raises(CheckpointError, match="is a MobileNetV2 with 10 classes, but the options say ShuffleV2"):
+        load_teacher(tmp_path / "m10.pth", "ShuffleV2", 100)
+    # A file holding both names must not have one tensor silently replace the other.
+    mixed = {**theirs.state_dict(), "classifier.0.weight": torch.zeros(10, 1280)}
+    torch.save(mixed, tmp_path / "mixed.pth")
+    assert match_architectures(mixed) == []
+    with pytest.raises(CheckpointError, match="matches no model in the zoo"):
+        load_teacher(tmp_path / "mixed.pth", "MobileNetV2", 10)
+
+
+def test_legacy_keys_are_declared_by_the_zoo_class():
+    """The one mechanism: a zoo class lists the foreign names it accepts; each maps to a key of its own."""
+    for name in models.model_dict:
+        sig = _signature(name)
+        assert all(ours in sig.shapes and theirs not in sig.shapes for theirs, ours in sig.legacy_keys.items()), name
+    assert dict(_signature("MobileNetV2").legacy_keys) == {
+        "classifier.weight": "classifier.0.weight", "classifier.bias": "classifier.0.bias"}
+
+
+def _run_isolated(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter with this checkout first on the path; a hang becomes a timeout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_fifo_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "ckpt_epoch_240.pth"
+    os.mkfifo(fifo)
+    # Nothing ever writes to the pipe: an open() that waits for a writer would hang until the timeout.
+    code = """
+import sys, time
+from models import CheckpointError, detect_architecture, load_teacher, read_state_dict
+calls = (read_state_dict, lambda p: load_teacher(p, "resnet8", 100), lambda p: detect_architecture(p, 100))
+for call in calls:
+    start = time.monotonic()
+    try:
+        call(sys.argv[1])
+    except CheckpointError as e:
+        print(f"{time.monotonic() - start:.3f}", e)
+"""
+    proc = _run_isolated(code, str(fifo))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3, proc.stdout
+    for line in lines:
+        seconds, msg = line.split(" ", 1)
+        assert float(seconds) < 5
+        assert msg == f"checkpoint {fifo} is a named pipe (FIFO), not a regular file; point at a saved .pth file"
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_device_is_refused():
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict("/dev/null")
+    assert "is a character device, not a regular file" in one_line(err)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet32x4", "wrn_40_1", "vgg8", "ShuffleV1", "ResNet50", "resnet18"])
+def test_detect_architecture(name, tmp_path):
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in build_model(name, 10).state_dict().items()}
+    path = tmp_path / "t.pth"
+    torch.save({"epoch": 240, "model": {k: torch.zeros(s) for k, s in shapes.items()}}, path)
+    assert detect_architecture(path, 10) == name
+    assert detect_architecture(path, None) == name
+
+
+def test_detect_architecture_wrong_class_count(tmp_path):
+    path = tmp_path / "t.pth"
+    save_crd_checkpoint(build_model("resnet8x4", 10), path)
+    with pytest.raises(CheckpointError) as err:
+        detect_architecture(path, 100)
+    msg = one_line(err)
+    assert "is a resnet8x4 with 10 classes, but 100 classes" in msg and "set n_cls: 10" in msg
+
+
+def test_detect_architecture_no_match_says_what_it_is(tmp_path):
+    sd = build_model("resnet8").state_dict()
+    sd.pop("fc.bias")
+    sd["extra.weight"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError) as err:
+        detect_architecture(tmp_path / "odd.pth", 100)
+    msg = one_line(err)
+    assert f"state_dict of {len(sd)} tensors that matches no model in the zoo" in msg
+    assert "closest: resnet8" in msg and "fc.bias" in msg and "extra.weight" in msg
+
+
+def test_detect_architecture_several_matches_are_named(tmp_path, monkeypatch):
+    # Two zoo names for one network (an alias, say) make `auto` ambiguous: both are named.
+    monkeypatch.setitem(MODEL_REGISTRY, "resnet8_alias", MODEL_REGISTRY["resnet8"])
+    save_crd_checkpoint(build_model("resnet8"), tmp_path / "t.pth")
+    with pytest.raises(CheckpointError) as err:
+        detect_architecture(tmp_path / "t.pth", 100)
+    msg = one_line(err)
+    assert "fits several models of the zoo (resnet8, resnet8_alias)" in msg and "teacher_model" in msg
+
+
+def test_detect_architecture_reports_unreadable_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        detect_architecture(tmp_path / "none.pth", 100)
+    (tmp_path / "e.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        detect_architecture(tmp_path / "e.pth", None)

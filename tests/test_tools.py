@@ -165,6 +165,10 @@ def test_paper_results_hold_both_tables() -> None:
     assert (row["cocord"], row["cocord_kd"], row["crd"]) == (71.74, 72.09, 71.16)
 
 
+# CRD's train_student.py trains exactly these students at lr 0.01; the paper's baseline columns are CRD's.
+LOW_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
+
+
 def test_paper_options_files() -> None:
     entries = {(e["teacher"], e["student"]): e for e in paper_entries()}
     assert len(entries) == 13
@@ -179,11 +183,25 @@ def test_paper_options_files() -> None:
         e = entries[pair]
         assert f"CoCoRD {e['cocord']:.2f}" in path.read_text().splitlines()[0]
         assert f"CoCoRD+KD {e['cocord_kd']:.2f}" in path.read_text().splitlines()[0]
-    # Everything else is the published template, unchanged.
+    # CRD's learning rate for its small students, said where it is set; 0.05 (the template's) for the rest.
     base = load_options(ROOT / "options" / "train_student.yml")
+    assert base["learning_rate"] == 0.05
+    low = [p for p in files if load_options(p)["student_model"] in LOW_LR_STUDENTS]
+    assert len(low) == 5
     for path in files:
         opt = load_options(path)
-        for key in ("student_model", "teacher_model", "path"):
+        expected = 0.01 if opt["student_model"] in LOW_LR_STUDENTS else 0.05
+        assert opt["learning_rate"] == expected, path
+        if path in low:
+            lines = path.read_text().splitlines()
+            at = next(i for i, line in enumerate(lines) if line.startswith("learning_rate:"))
+            assert "CRD's train_student.py" in " ".join(lines[at - 2:at]), path
+    # Everything else is the published template, unchanged.
+    resume = base["path"]["resume"]
+    for path in files:
+        opt = load_options(path)
+        assert opt["path"]["resume"] == resume, path
+        for key in ("student_model", "teacher_model", "path", "learning_rate"):
             opt.pop(key), base.pop(key, None)
         assert opt == base, path
 
