@@ -74,7 +74,9 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
     progress = Progress(opt["epochs"], 0, enabled=rank == 0 and not cmd.quiet)
     plan = check(opt, cmd, world, progress)
     train_batches, test_batches, methods, extra = build(plan, rank, world, progress)
-    locks = lock_trials(plan.trials) if rank == 0 else []
+    if not plan.checkpoints:  # the last check: what the trial folders hold now
+        plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
+    locks = lock_trials(plan.trials) if rank == 0 else []  # the first write: another run of these trials stops here
     try:
         write(plan, cmd, methods[0], extra, rank, progress)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
@@ -126,8 +128,7 @@ def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) ->
     base = seed if seed is not None else distributed.broadcast_int(int.from_bytes(os.urandom(4), "little") % 2**30)
     folder = experiment_folder(opt, method_cls.experiment_name(opt))
     trials = [Trial(TrialPaths(folder / f"trial_{t}"), base + t - 1, TrialRNG(base + t - 1)) for t in cmd.trials]
-    folders = [plan_folder(t.paths, opt, cmd.replace) for t in trials]
-    return Plan(opt, method_cls, trials, {}, folders)
+    return Plan(opt, method_cls, trials, {})
 
 
 def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:

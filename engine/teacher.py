@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from models import CheckpointError, ZooModel, identify_architecture, load_teacher, read_state_dict
+from models import CheckpointError, ZooModel, detect_architecture, load_teacher
 from options.schema import OptionsError
 
 
@@ -16,12 +16,7 @@ def resolve_teacher_model(opt: dict[str, Any]) -> dict[str, Any]:
     if not opt["path"]["teacher"]:
         raise OptionsError("teacher_model: auto reads the architecture from path.teacher, which is empty; "
                            "set path.teacher to a checkpoint")
-    names = identify_architecture(read_state_dict(opt["path"]["teacher"]), opt["n_cls"])
-    if len(names) != 1:
-        raise CheckpointError(f"teacher_model: auto cannot tell the architecture of {opt['path']['teacher']} "
-                              f"({'no zoo model matches' if not names else 'it could be ' + ' or '.join(names)}); "
-                              "name it in teacher_model")
-    return {**opt, "teacher_model": names[0]}
+    return {**opt, "teacher_model": detect_architecture(opt["path"]["teacher"], opt["n_cls"])}
 
 
 def load_checked_teacher(opt: dict[str, Any]) -> ZooModel:
