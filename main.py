@@ -41,12 +41,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from options.schema import OptionsError, build_options, read_options_file
+    notes: list[str] = []  # collected here only, so each is printed once (engine.config passes none)
     try:  # before importing torch: a typo in the common options is reported at once
         given = read_options_file(args.opt)
-        build_options(given, args.overrides, partial=True)
+        build_options(given, args.overrides, partial=True, notes=notes)
     except OptionsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not args.quiet:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     from engine.config import build_options as build_run_options
     from engine.run import USER_ERRORS, Command, Interrupted, run
     from engine.trainer import TrainingDiverged

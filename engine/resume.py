@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from engine.trial import ResumeError, TrialPaths, load_checkpoint
-from options.schema import OptionsError, flatten, parse_overrides, result_settings
+from options.schema import OptionsError, parse_overrides
+from options.settings import flatten, result_settings
 
 # Keys that decide what is trained: a resume keeps them whatever the command says.
 FIXED = ("student_model", "teacher_model", "distill", "dataset", "n_cls", "batch_size", "seed", "experiment_name")

@@ -9,12 +9,15 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from options.yamlfile import YamlRefused, YamlSyntax, load_yaml, read_yaml_file, show_name, show_value
 
 
 class OptionsError(ValueError):
@@ -24,7 +27,7 @@ class OptionsError(ValueError):
 @dataclass(frozen=True)
 class Field:
     default: Any
-    kind: str  # 'int', 'float', 'bool', 'str', 'int_list'
+    kind: str  # 'int', 'float', 'bool', 'str', 'path' (a string, `~` expanded), 'int_list'
     check: Callable[[Any], bool] | None = None
     rule: str = ""  # what `check` demands, for the error message
     nullable: bool = False
@@ -45,6 +48,12 @@ def _unit(v: Any) -> bool:
 
 POS, NONNEG, UNIT = (_positive, "must be > 0"), (_non_negative, "must be >= 0"), (_unit, "must be in [0, 1]")
 
+# numpy takes seeds below 2**32 and trial t runs with seed + t - 1: leave room for 2**16 trials.
+SEED_LIMIT = 2**32 - 2**16
+
+# Keys the published code derives and writes into its options.yml; such a file must load again.
+DERIVED = ("trial", "path.exp_root", "path.log", "path.model", "path.state")
+
 # Keys every run has, whatever its method. Each method adds its own keys (its `options`, in its own
 # file under distiller/); `engine.config` checks a file against both.
 COMMON: dict[str, Any] = {
@@ -52,7 +61,7 @@ COMMON: dict[str, Any] = {
     "teacher_model": Field("resnet56", "str"),  # `auto`: the architecture the teacher checkpoint holds
     "gpu": Field(0, "int", *NONNEG, nullable=True),
     "dataset": Field("cifar100", "str", choices=("cifar100", "imagenet")),
-    "data_folder": Field("./data_cifar100", "str"),
+    "data_folder": Field("./data_cifar100", "path"),
     "download": Field(True, "bool"),
     "batch_size": Field(64, "int", *POS),
     "num_workers": Field(8, "int", *NONNEG),
@@ -67,15 +76,18 @@ COMMON: dict[str, Any] = {
     "momentum": Field(0.9, "float", *UNIT),
     "print_freq": Field(300, "int", *POS),
     "path": {
-        "resume": Field(None, "str", nullable=True),
-        "teacher": Field("./t_model/resnet56/ckpt_epoch_240.pth", "str", nullable=True),
+        "resume": Field(None, "path", nullable=True),
+        "teacher": Field("./t_model/resnet56/ckpt_epoch_240.pth", "path", nullable=True),
     },
     "distill": Field("cocord", "str"),  # one of the registered methods (distiller/)
-    "seed": Field(None, "int", *NONNEG, nullable=True),
+    "seed": Field(None, "int", lambda v: 0 <= v < SEED_LIMIT,
+                  f"must be in [0, {SEED_LIMIT}) (2**32 - 2**16: numpy's limit, less room for trials)", nullable=True),
     "pin_memory": Field(True, "bool"),
     "n_cls": Field(100, "int", *POS),
-    "experiments_dir": Field("experiments", "str"),
-    "experiment_name": Field(None, "str", nullable=True),  # the folder under experiments_dir; null: the method's rule
+    "experiments_dir": Field("experiments", "path"),
+    # The folder under experiments_dir; null: the method's own naming rule (published: loss weights only).
+    "experiment_name": Field(None, "str", lambda v: v not in ("", ".", "..") and "/" not in v,
+                             "must be a plain folder name (no '/')", nullable=True),
     "sync_bn": Field(False, "bool"),
     "speed": {
         # auto: the GPU loader on a GPU, torchvision's loader on the CPU.
@@ -108,7 +120,7 @@ def defaults(schema: dict[str, Any] = COMMON) -> dict[str, Any]:
 
 
 def _closest(name: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5) if len(name) <= 100 else []
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
 
@@ -117,7 +129,7 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
     if value is None:
         if field.nullable:
             return None
-        raise OptionsError(f"option '{where}' must not be empty (null); the default is {field.default!r}")
+        raise OptionsError(f"option '{where}' must not be empty (null); the default is {show_value(field.default)}")
     kind = field.kind
     if kind == "float" and isinstance(value, str):
         try:
@@ -129,32 +141,40 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
+        "path": isinstance(value, str),
         "int_list": isinstance(value, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in value),
     }[kind]
     if not ok:
         want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                "int_list": "a list of integers"}[kind]
-        raise OptionsError(f"option '{where}' must be {want}, got {value!r}")
+                "path": "a path (a string)", "int_list": "a list of integers"}[kind]
+        raise OptionsError(f"option '{where}' must be {want}, got {show_value(value)}")
     if kind == "float":
-        value = float(value)
-        if not math.isfinite(value):
-            raise OptionsError(f"option '{where}' must be a finite number, got {value!r}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            raise OptionsError(f"option '{where}' must be a finite number, got {show_value(value)}")
+        value = number
+    if kind == "path":  # `~/x` means the home folder for every reader, not a folder named `~`
+        value = os.path.expanduser(value)
     if field.choices and value not in field.choices:
-        raise OptionsError(f"option '{where}' must be one of {', '.join(field.choices)}, got {value!r}")
+        raise OptionsError(f"option '{where}' must be one of {', '.join(field.choices)}, got {show_value(value)}")
     if field.check and not field.check(value):
-        raise OptionsError(f"option '{where}' {field.rule}, got {value!r}")
+        raise OptionsError(f"option '{where}' {field.rule}, got {show_value(value)}")
     return value
 
 
 def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any, partial: bool) -> None:
     if not isinstance(given, dict):
-        raise OptionsError(f"option '{where or 'file'}' must be a mapping of keys, got {given!r}")
+        raise OptionsError(f"option '{where or 'file'}' must be a mapping of keys, got {show_value(given)}")
     for key, value in given.items():
-        full = f"{where}.{key}" if where else str(key)
+        name = key if isinstance(key, str) else show_value(key)  # str() of a huge int raises
+        full = f"{where}.{name}" if where else name
         if key not in schema:
             if partial and not where:
                 continue  # a method's key: checked once the methods are known (engine.config)
-            raise OptionsError(f"unknown option '{full}'{_closest(str(key), list(schema))}")
+            raise OptionsError(f"unknown option '{show_name(full)}'{_closest(name, list(schema))}")
         node = schema[key]
         if isinstance(node, dict):
             _merge(full, node, base[key], {} if value is None else value, partial)
@@ -162,77 +182,93 @@ def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any,
             base[key] = _coerce(full, node, value)
 
 
-def build_options(given: dict[str, Any], overrides: list[str] = (), schema: dict[str, Any] = COMMON,
-                  partial: bool = False) -> dict[str, Any]:
+def _drop_derived(given: Any) -> tuple[Any, list[str]]:
+    """`given` without the DERIVED keys (a copy if any), and the names of those it held."""
+    if not isinstance(given, dict):
+        return given, []
+    dropped = []
+    given = dict(given)
+    for name in DERIVED:
+        *parents, last = name.split(".")
+        node = given
+        for part in parents:  # copy each section on the way down: the caller's mapping stays as it was
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = node = dict(node[part])
+        else:  # every section is there
+            if last in node:
+                del node[last]
+                dropped.append(name)
+    return given, dropped
+
+
+def build_options(given: dict[str, Any], overrides: Sequence[str] = (), schema: dict[str, Any] = COMMON,
+                  partial: bool = False, notes: list[str] | None = None) -> dict[str, Any]:
     """Defaults, then the file's values, then `key.sub=value` overrides; all validated against `schema`.
-    `partial` skips unknown top-level keys: the check `main.py` makes before the methods are imported."""
+    `partial` skips unknown top-level keys: the check `main.py` makes before the methods are imported.
+    The published code's derived keys (DERIVED) in `given` are dropped; if `notes` is a list, one line
+    naming them is appended to it for the caller to show (pass it in one call only, so it shows once)."""
+    given, dropped = _drop_derived(given)
+    if dropped and notes is not None:
+        notes.append(f"ignored keys the published code derives: {', '.join(dropped)}")
     opt = defaults(schema)
     _merge("", schema, opt, given, partial)
     _merge("", schema, opt, parse_overrides(overrides), partial)
     decay = opt["lr_decay_epochs"]
     if decay != sorted(decay):
-        raise OptionsError(f"option 'lr_decay_epochs' must be increasing, got {decay}")
+        raise OptionsError(f"option 'lr_decay_epochs' must be increasing, got {show_value(decay)}")
     return opt
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`cocord.T=0.07 epochs=10` -> nested mapping; values are read as YAML (lists, null, true)."""
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`cocord.T=0.07 epochs=10` -> nested mapping; values are read as YAML (lists, null, true).
+    A key given twice, or both as a section and inside it (`cocord=...` and `cocord.T=...`), is an error."""
     tree: dict[str, Any] = {}
+    first: dict[str, str] = {}  # each key given so far -> the override that gave it
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise OptionsError(f"override '{item}' must look like key=value (e.g. cocord.T=0.07)")
-        try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError:
-            value = text
-        node = tree
+        shown = show_value(item)
         parts = key.split(".")
+        if not sep or not all(parts):
+            raise OptionsError(f"override {shown} must look like key=value (e.g. cocord.T=0.07)")
+        try:
+            value = load_yaml(text) if text else None
+        except YamlSyntax:
+            value = text  # not YAML: the text itself, e.g. a path holding ': '
+        except YamlRefused as err:
+            raise OptionsError(f"override {shown} {err}") from None
+        for earlier_key, earlier in first.items():  # two `epochs`, or `cocord` and `cocord.T`
+            if earlier_key == key:
+                raise OptionsError(f"option '{show_name(key)}' is given twice ({show_value(earlier, 40)} and "
+                                   f"{show_value(item, 40)}); give it once")
+            if earlier_key.startswith(key + ".") or key.startswith(earlier_key + "."):
+                raise OptionsError(f"overrides {show_value(earlier, 40)} and {show_value(item, 40)} both set "
+                                   f"'{show_name(max(key, earlier_key, key=len))}'; give it once")
+        first[key] = item
+        node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise OptionsError(f"override '{item}' conflicts with another override of '{part}'")
         node[parts[-1]] = value
     return tree
 
 
 def read_options_file(path: str | Path) -> dict[str, Any]:
-    """The file's mapping of keys, read with the safe YAML loader."""
-    path = Path(path)
-    if not path.is_file():
-        raise OptionsError(f"options file {path} not found; start from options/train_student.yml")
+    """The file's mapping of keys, read with the safe YAML loader within limits (options.yamlfile).
+    Anything else (not a regular file, not UTF-8, not a mapping, empty) is an OptionsError."""
+    path = Path(path).expanduser()
+    shown = show_name(str(path), 200)
     try:
-        given = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise OptionsError(f"options file {path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
-    return given or {}
+        given = read_yaml_file(path)
+    except YamlRefused as err:
+        raise OptionsError(f"options file {shown} {err}") from None
+    if given is None:  # an empty file is more likely a mistake than a wish for every default
+        raise OptionsError(f"options file {shown} is empty (no key: value lines); start from options/train_student.yml")
+    if not isinstance(given, dict):
+        raise OptionsError(f"options file {shown} must hold key: value lines, but it holds only "
+                           f"{show_value(given, 40)}; start from options/train_student.yml")
+    return given
 
 
 def dump_options(opt: dict[str, Any], path: Path) -> None:
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
 
-
-# Keys that say where a run reads and writes and how fast it goes, not what it computes: two runs that differ
-# only in these have the same settings (summaries average them, a new run may replace the other's folder).
-NEUTRAL_KEYS = ("gpu", "data_folder", "download", "num_workers", "pin_memory", "print_freq", "experiments_dir",
-                "experiment_name", "path", "seed", "trial", "speed.loader", "speed.cuda_graph", "speed.compile",
-                "speed.channels_last", "speed.streams")
-
-
-def flatten(opt: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'cocord': {'T': 0.1}} -> {'cocord.T': 0.1}."""
-    flat: dict[str, Any] = {}
-    for key, value in opt.items():
-        name = f"{prefix}{key}"
-        flat.update(flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
-    return flat
-
-
-def result_settings(opt: dict[str, Any]) -> dict[str, Any]:
-    """The options that decide a run's result, flattened, numbers compared as numbers (1 == 1.0)."""
-    def neutral(key: str) -> bool:
-        return any(key == n or key.startswith(n + ".") for n in NEUTRAL_KEYS)
-    return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-            for k, v in flatten(opt).items() if not neutral(k)}

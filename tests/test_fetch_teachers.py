@@ -5,6 +5,7 @@ import functools
 import http.server
 import importlib.util
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -212,3 +213,47 @@ def test_keep_archive_keeps_the_complete_tar_beside_dest(server: str, archive: P
     assert placed == [tmp_path / "t_model" / "resnet8" / "ckpt_epoch_240.pth"]
     assert (tmp_path / "cifar_teachers.tar").read_bytes() == archive.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar_teachers.tar", "t_model"]
+
+
+def _refused(argv: list[str], *words: str, capsys: pytest.CaptureFixture[str]) -> str:
+    assert ft.main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = _lines(err)
+    assert len(lines) == 1 and not _lines(out), (out, err)
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_dest_that_cannot_hold_teachers_is_refused(archive: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    _refused(["--archive", str(archive), "--dest", str(afile)], f"destination {afile} is not a folder", capsys=capsys)
+    _refused(["--archive", str(archive), "--dest", str(afile / "t")], f"{afile} is not a folder", capsys=capsys)
+    dest = tmp_path / "t_model"
+    dest.mkdir()
+    (dest / "resnet8").write_text("mine")  # installed after resnet14: nothing may be written before the check
+    _refused(["--archive", str(archive), "--dest", str(dest)], f"{dest / 'resnet8'} is not a folder", capsys=capsys)
+    (dest / "resnet8").unlink()
+    (dest / "resnet8" / "ckpt_epoch_240.pth").mkdir(parents=True)
+    _refused(["--archive", str(archive), "--dest", str(dest)], "ckpt_epoch_240.pth is not a regular file",
+             capsys=capsys)
+    with pytest.raises(ft.FetchError, match="is not a folder"):  # before any download
+        ft.fetch("http://127.0.0.1:9/never-asked.tar", afile)
+    assert afile.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "t_model"]
+    assert [str(p.relative_to(dest)) for p in sorted(dest.rglob("*"))] == ["resnet8", "resnet8/ckpt_epoch_240.pth"]
+
+
+def test_archive_that_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _refused(["--archive", str(tmp_path), "--dest", str(tmp_path / "t")], "is a directory", "cifar_teachers.tar",
+             capsys=capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_archive_that_is_a_named_pipe_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "cifar_teachers.tar"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    r = _run("--archive", str(fifo), "--dest", "t_model", cwd=tmp_path)
+    assert r.returncode == 2 and len(_lines(r.stderr)) == 1 and "is not a regular file" in r.stderr, r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["cifar_teachers.tar"]

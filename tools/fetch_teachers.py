@@ -14,6 +14,7 @@ import argparse
 import os
 import re
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -22,14 +23,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so `python tools/fetch_teachers.py` works from any directory
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from models import MODEL_REGISTRY, CheckpointError, load_teacher  # noqa: E402
-from models.checkpoint import _numpy_scalars_allowed  # noqa: E402  (same safe-load rules as the zoo)
+from models import MODEL_REGISTRY, CheckpointError, load_teacher
+from models.checkpoint import _numpy_scalars_allowed  # same safe-load rules as the zoo
 
 DEFAULT_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 CKPT_NAME = "ckpt_epoch_240.pth"
@@ -61,6 +58,35 @@ def _check_known(archs: list[str] | None) -> None:
     unknown = [a for a in archs or [] if a not in MODEL_REGISTRY]
     if unknown:
         raise FetchError(f"unknown architecture(s) {', '.join(unknown)}; known: {', '.join(MODEL_REGISTRY)}")
+
+
+def _check_dest(dest: Path, archs: list[str] = ()) -> None:
+    """Refuse a destination that cannot hold the teachers before anything is written or downloaded."""
+    existing = next((p for p in (dest, *dest.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        what = f"{dest} is" if existing == dest else f"{dest} cannot be made: {existing} is"
+        raise FetchError(f"destination {what} not a folder; give --dest a folder (default: t_model)")
+    for arch in archs:
+        folder, target = dest / arch, dest / arch / CKPT_NAME
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise FetchError(f"{folder} is not a folder; move it away or give another --dest")
+        if (target.exists() or target.is_symlink()) and not target.is_file():
+            raise FetchError(f"{target} is not a regular file; move it away or give another --dest")
+
+
+def _check_archive(archive: Path) -> None:
+    """A regular file, checked before opening it: opening a named pipe would wait for a writer forever."""
+    try:
+        mode = archive.stat().st_mode
+    except FileNotFoundError:
+        raise FetchError(f"archive {archive} does not exist") from None
+    except OSError as e:
+        raise FetchError(f"archive {archive} cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise FetchError(f"archive {archive} is a directory; give the cifar_teachers.tar file itself")
+    if not stat.S_ISREG(mode):
+        raise FetchError(f"archive {archive} is not a regular file (a pipe, socket or device); "
+                         "give the cifar_teachers.tar file itself")
 
 
 def download(url: str, target: Path, timeout: float = 60.0) -> None:
@@ -163,15 +189,16 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
     """
     archive, dest = Path(archive), Path(dest)
     _check_known(archs)
+    _check_archive(archive)
+    _check_dest(dest)
     try:
         tar = tarfile.open(archive, "r:*")
-    except FileNotFoundError:
-        raise FetchError(f"archive {archive} does not exist") from None
     except (tarfile.TarError, EOFError, OSError):
         with open(archive, "rb") as f:  # a saved error page is the usual culprit: say so
             html = f.read(512).lstrip().lower().startswith((b"<!doctype", b"<html"))
         what = "it is an HTML page" if html else "tar, tar.gz, tar.bz2 or tar.xz expected"
-        raise FetchError(f"{archive} is not a readable tar archive ({what}); download cifar_teachers.tar again") from None
+        raise FetchError(f"{archive} is not a readable tar archive ({what}); "
+                         "download cifar_teachers.tar again") from None
     installed: list[Path] = []
     failed: list[str] = []
     with tar:
@@ -193,6 +220,7 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
         missing = [a for a in archs or [] if a not in found]
         if missing:
             raise FetchError(f"teacher(s) {', '.join(missing)} not in {archive}; it has: {', '.join(sorted(found))}")
+        _check_dest(dest, archs or sorted(found))
 
         created_dest = not dest.exists()
         for arch in archs or sorted(found):
@@ -230,8 +258,10 @@ def fetch(url: str = DEFAULT_URL, dest: str | os.PathLike[str] = "t_model", arch
     """Download the archive (to a temp file beside `dest`) and install from it; see install_from_archive."""
     dest = Path(dest)
     _check_known(archs)
+    _check_dest(dest, archs or [])
     where = dest.resolve().parent
-    fd, tmp_name = tempfile.mkstemp(dir=where if where.is_dir() else None, prefix=".cifar_teachers.", suffix=".tar.part")
+    fd, tmp_name = tempfile.mkstemp(dir=where if where.is_dir() else None, prefix=".cifar_teachers.",
+                                    suffix=".tar.part")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
