@@ -13,12 +13,15 @@ def parse_trials(text: str) -> list[int]:
     try:
         for part in text.split(","):
             first, _, last = part.partition("-")
-            numbers += range(int(first), int(last or first) + 1)
+            lo, hi = int(first), int(last or first)
+            if not 1 <= lo <= hi <= 2**16:
+                raise ValueError(part)
+            numbers += range(lo, hi + 1)
     except ValueError:
         numbers = []
-    if not numbers or min(numbers) < 1 or len(set(numbers)) != len(numbers):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a trial list: give a number (3), a range (1-5) or a list "
-                                         "(1,2,4) of distinct trials from 1")
+    if not numbers or len(set(numbers)) != len(numbers):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a trial list: give a number (3), a range (1-5) or a "
+                                         "list (1,2,4) of distinct trials from 1 to 65536")
     return sorted(numbers)
 
 

@@ -35,7 +35,6 @@ from utils.progress import Progress, plural
 from utils.rng import TrialRNG
 
 USER_ERRORS = (OptionsError, CheckpointError, DataError, ResumeError, DiskError, FolderBusy)
-MAX_SEED = 2**32 - 2**16  # seeds + per-trial offsets stay valid numpy seeds
 
 
 @dataclass
@@ -122,9 +121,8 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
 
 
 def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> Plan:
+    # Trial t runs with seed + t - 1 (the schema keeps room below numpy's limit); without a seed, a drawn one.
     seed = opt["seed"]
-    if seed is not None and seed + max(cmd.trials) - 1 >= MAX_SEED:
-        raise OptionsError(f"option 'seed' {seed} is too large: seed + trial - 1 must stay below {MAX_SEED}")
     base = seed if seed is not None else distributed.broadcast_int(int.from_bytes(os.urandom(4), "little") % 2**30)
     folder = experiment_folder(opt, method_cls.experiment_name(opt))
     trials = [Trial(TrialPaths(folder / f"trial_{t}"), base + t - 1, TrialRNG(base + t - 1)) for t in cmd.trials]
@@ -143,8 +141,9 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     if not checkpoints:
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           " (an interrupted first epoch saves nothing); run the command without --resume")
-    first = next(iter(checkpoints.values()))
+    number, first = next(iter(checkpoints.items()))
     method_cls = method_class(first["options"]["distill"])
+    base = int(first.get("seed", 0)) - number + 1
     run_opt, notes = resume_options(first["options"], opt, cmd.overrides, method_cls.fixed_options)
     for line in notes:
         progress.say(line)
@@ -152,8 +151,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     for paths in targets:
         ckpt = checkpoints.get(paths.number)
         if ckpt is None:  # a trial of the group that never finished an epoch: it starts again, from its seed
-            seed = (run_opt["seed"] or 0) + paths.number - 1
-            trials.append(Trial(paths, seed, TrialRNG(seed)))
+            trials.append(Trial(paths, base + paths.number - 1, TrialRNG(base + paths.number - 1)))
         else:
             state = RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"])
             trials.append(Trial(paths, int(ckpt.get("seed", 0)), TrialRNG(state=ckpt["rng"]), state))
