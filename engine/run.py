@@ -109,6 +109,10 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
         if opt[key] not in model_dict:
             raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")
     plan.device = select_device(opt, progress.say)
+    if opt["sync_bn"] and plan.device.type != "cuda":
+        raise OptionsError("sync_bn needs CUDA GPUs (SyncBatchNorm); set sync_bn: false to train on the CPU")
+    if opt["sync_bn"] and world == 1:
+        progress.say("note: sync_bn has no effect in a single process (launch with torchrun to use several GPUs)")
     plan.speed = effective_speed(opt, plan.device, len(plan.trials), world)
     plan.opt = opt = {**opt, "speed": plan.speed.as_options(), "num_workers": effective_workers(opt, progress.say)}
     if method_cls.needs_teacher:
@@ -177,12 +181,13 @@ def build(plan: Plan, rank: int, world: int, progress: Progress
     fmt = torch.channels_last if plan.speed.channels_last else torch.contiguous_format
     methods = []
     for trial in plan.trials:
-        with trial.rng.active():
+        ckpt = plan.checkpoints.get(trial.paths.number)
+        # A resumed trial's random state is its checkpoint's: its (overwritten) initialisation draws elsewhere.
+        with (trial.rng if ckpt is None else TrialRNG(trial.seed)).active():
             student = build_model(opt["student_model"], opt["n_cls"])
             if opt["sync_bn"] and world > 1:
                 student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
             method = plan.method_cls(student, plan.teacher, opt).to(device=device, memory_format=fmt)
-        ckpt = plan.checkpoints.get(trial.paths.number)
         if ckpt is not None:
             method.load_checkpoint_state(ckpt["method"])
         trial.saved = (method.checkpoint_state(), None if ckpt is None else ckpt["optimizer"])

@@ -92,10 +92,18 @@ class Terminal(io.StringIO):
 
 
 def test_progress_bar_on_a_terminal():
+    """tqdm on a terminal: the bar advances at every step (no statistics read), the statistics show when read,
+    and the epoch's line replaces the bar."""
     out = Terminal()
     progress = Progress(epochs=3, steps_per_epoch=10, stream=out)
     progress.start_epoch(1, 0.05)
-    progress.update(5, {"loss": 2.5, "acc_train_top1": 40.0, "images": 40})
-    assert out.getvalue().startswith("\repoch 1/3 [") and "5/10" in out.getvalue() and "img/s" in out.getvalue()
-    progress.end_epoch({"loss": 2.0, "images": 80}, {"loss": 1.0, "top1": 50.0, "top5": 90.0})
-    assert out.getvalue().endswith("\n") and "test loss 1.0000 top1 50.00%" in out.getvalue()
+    for _ in range(5):
+        progress.step()
+    progress.update({"loss": 2.5, "acc_train_top1": 40.0, "images": 40})
+    progress.bar.refresh()
+    screen = out.getvalue()
+    assert "epoch 1/3" in screen and "5/10" in screen and "img/s" in screen and "loss 2.5000" in screen
+    progress.end_epoch([("", {"loss": 2.0, "images": 80}, {"loss": 1.0, "top1": 50.0, "top5": 90.0})])
+    assert progress.bar is None and out.getvalue().endswith("\n")
+    assert out.getvalue().splitlines()[-1].startswith("epoch 1/3 lr 0.05 | train loss 2.0000")
+    assert "test loss 1.0000 top1 50.00%" in out.getvalue()

@@ -42,7 +42,7 @@ def test_resume_equals_a_straight_run(tmp_path, tiny_cifar, tiny_teacher):
     assert run_main(["-opt", opt_path], straight).returncode == 0
     first = run_main(["-opt", opt_path, "--set", "epochs=2"], split)
     assert first.returncode == 0, first.stderr
-    second = run_main(["-opt", opt_path, "--resume"], split)
+    second = run_main(["-opt", opt_path, "--resume", "--set", "epochs=3"], split)
     assert second.returncode == 0, second.stderr
     assert "resuming" in second.stdout and "epochs=3" in second.stdout  # the changed option is said
 
@@ -83,12 +83,12 @@ def test_killed_run_resumes_with_every_epoch_accounted_for(tmp_path, tiny_cifar,
 
 def test_checkpoint_write_killed_midway_leaves_the_old_one(tmp_path):
     path = tmp_path / "checkpoint.pth"
-    from engine.checkpoint import atomic_save
+    from utils.files import atomic_save
     atomic_save({"epoch": 1, "w": torch.arange(10)}, path)
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, torch; sys.path.insert(0, sys.argv[1]); from engine.checkpoint import atomic_save; "
-        "atomic_save({'epoch': 2, 'w': torch.randn(100_000_000)}, __import__('pathlib').Path(sys.argv[2]))"),
-        str(ROOT), str(path)])
+        "import sys, torch; from utils.files import atomic_save; "
+        "atomic_save({'epoch': 2, 'w': torch.randn(100_000_000)}, __import__('pathlib').Path(sys.argv[1]))"),
+        str(path)], cwd=ROOT)
     tmp = path.with_name(path.name + ".tmp")
     deadline = time.time() + 60
     while not (tmp.exists() and tmp.stat().st_size > 0) and time.time() < deadline:

@@ -71,7 +71,7 @@ def test_a_second_run_archives_the_first(distilled, tiny_cifar, tiny_teacher):
     work, _, trial = distilled
     opt = write_yaml(work / "one_epoch.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
     before = (trial / "results.json").read_text()
-    done = run_main(["-opt", opt, "-t", "1"], work)
+    done = run_main(["-opt", opt, "-t", "1", "--replace"], work)  # other settings (epochs): archived when asked
     assert done.returncode == 0, done.stderr
     archived = [p for p in trial.parent.iterdir() if p.name.startswith("trial_1_archived_")]
     assert len(archived) == 1 and (archived[0] / "results.json").read_text() == before
