@@ -6,21 +6,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distiller import CoCoRD  # noqa: E402
-from engine import distributed  # noqa: E402
-from engine.config import build_options  # noqa: E402
-from engine.step import build_optimizer, train_step  # noqa: E402
-from models import build_model  # noqa: E402
-from utils.meter import DeviceMeter  # noqa: E402
+from distiller import CoCoRD
+from engine import parallel
+from engine.config import build_options
+from engine.step import build_optimizer, train_step
+from models import build_model
+from utils import distributed
+from utils.meter import DeviceMeter
 
 out = Path(sys.argv[1])
 opt = build_options({"student_model": "resnet8", "teacher_model": "resnet14", "batch_size": 8, "n_cls": 10, "seed": 0,
                      "cocord": {"key_size": 40, "hidden_dim": 32, "embedding_dim": 16, "pred_dim": 8}})
-rank, world = distributed.setup(opt)
-distributed.share_seed(opt)
+rank, world = distributed.setup()
+torch.manual_seed(0)  # every rank the same seed: models, heads and queue start identical
 method = CoCoRD(build_model("resnet8", 10), build_model("resnet14", 10), opt).train()
-ddp, sync = distributed.wrap(method, opt, torch.device("cpu"))
+ddp = parallel.wrap(method, torch.device("cpu"))
 optimizer = build_optimizer(method.trainable_parameters(), opt)
 meter = DeviceMeter(method.accuracy_outputs, torch.device("cpu"))
 keys = []
@@ -35,6 +35,6 @@ for step in range(4):
     if step == 0:
         saved.update(keys=keys[0].clone(), queue_after_first=method.queue.clone(), ptr=int(method.queue_ptr))
 saved["parameters"] = {k: v.clone() for k, v in method.named_parameters() if not k.startswith("teacher.")}
-stats = sync(meter)  # the epoch end: BatchNorm statistics from rank 0, statistics reduced, ranks compared
-saved.update(state=method.checkpoint_state(), images=stats["images"])
+parallel.sync_epoch(method, meter)  # the epoch end: BatchNorm statistics from rank 0, statistics reduced, compared
+saved.update(state=method.checkpoint_state(), images=meter.read()[0]["images"])
 torch.save(saved, out / f"rank{rank}.pt")

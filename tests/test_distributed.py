@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT
 from helpers import tiny_options, write_yaml
@@ -35,14 +36,23 @@ def test_ranks_stay_identical_and_the_queue_is_in_rank_order(tmp_path):
     assert r0["images"] == r1["images"] == 2 * 4 * batch  # statistics reduced over both ranks
 
 
-def test_main_under_torchrun_trains_and_resumes(tmp_path, tiny_cifar, tiny_teacher):
-    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, batch_size=8, epochs=2))
+# Every method, as main.py runs it under torchrun: each declares what must stay identical across processes.
+METHODS = {"cocord": ({}, "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0"),
+           "kd": ({"distill": "kd", "loss_cls": 0.1, "loss_kd": 0.9}, "S_resnet8_T_resnet8_cifar100_kd_cls0.1kd0.9T4.0"),
+           "none": ({"distill": "none"}, "resnet8_cifar100_vanilla")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_main_under_torchrun_trains_and_resumes(tmp_path, tiny_cifar, tiny_teacher, method):
+    changes, folder = METHODS[method]
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, batch_size=8, epochs=2, **changes))
     done = torchrun([str(ROOT / "main.py"), "-opt", opt, "--set", "epochs=1"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
-    done = torchrun([str(ROOT / "main.py"), "-opt", opt, "--resume"], tmp_path)
+    done = torchrun([str(ROOT / "main.py"), "-opt", opt, "--resume", "--set", "epochs=2"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    trial = tmp_path / "experiments" / "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0" / "trial_1"
+    trial = tmp_path / "experiments" / folder / "trial_1"
     results = json.loads((trial / "results.json").read_text())
     assert results["finished"] and [h["epoch"] for h in results["history"]] == [1, 2]
     assert results["history"][0]["images"] == 100  # both ranks' halves of the 100 training images
