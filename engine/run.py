@@ -15,22 +15,20 @@ import torch
 
 from dataset import DataError
 from distiller import Distiller, method_class
-from engine import parallel
 from engine.data import TrainBatches, build_data
 from engine.evaluation import evaluate
+from engine.group import group_builder
 from engine.machine import check_memory, effective_speed, effective_workers, quiet_library_warnings, select_device
-from engine.replicas import SingleTrial, StackedTrials
 from engine.resume import FolderPlan, plan_folder, resume_options
-from engine.step import Speed, build_optimizer, build_step
+from engine.step import Speed
 from engine.teacher import check_teacher_outputs, fingerprint, load_checked_teacher, resolve_teacher_model
-from engine.trainer import Group, RunContext, Trainer, Trial
+from engine.trainer import RunContext, Trainer, Trial
 from engine.trial import ResumeError, RunState, TrialPaths, experiment_folder, load_checkpoint, resume_target
 from engine.writing import FolderBusy, complete_resumed, lock_trials, network_summary, prepare_folder, record_run
 from models import CheckpointError, build_model, model_dict, unknown_model_message
 from options.schema import OptionsError
 from utils import distributed
 from utils.files import DiskError, check_writable_folder
-from utils.meter import DeviceMeter
 from utils.progress import Progress, plural
 from utils.rng import TrialRNG
 
@@ -231,29 +229,14 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
                      "resume with --set epochs=N")
         return
     progress.steps = len(train_batches)
-    numbers = [t.paths.number for t in plan.trials]
-
-    def build_group(members: list[Trial]) -> Group:
-        if len(plan.trials) == 1:
-            method = methods[0]
-            replicas = SingleTrial(method, parallel.wrap(method, device) if world > 1 else None)
-        else:
-            replicas = StackedTrials(methods[0], [t.saved[0] for t in members], plan.speed.channels_last)
-        optimizer = build_optimizer(replicas.trained_parameters(), opt)
-        if members[0].saved[1] is not None:
-            replicas.load_optimizer_states(optimizer, [t.saved[1] for t in members])
-        meter = DeviceMeter(plan.method_cls.accuracy_outputs, device, len(members))
-        step = build_step(replicas, optimizer, meter, plan.speed, device, opt["batch_size"])
-        batches = train_batches.subset([numbers.index(t.paths.number) for t in members])
-        return Group(members, replicas, optimizer, step, meter, batches)
-
     run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, rank == 0, world > 1, extra,
                          plan.teacher_fingerprint,
                          distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None)
     where = plan.trials[0].paths.folder if len(plan.trials) == 1 else plan.trials[0].paths.folder.parent
     progress.say(f"training {opt['student_model']} ({opt['distill']}, {plural(len(left), 'trial')}) on {device} "
                  f"for {plural(opt['epochs'], 'epoch')}; logs in {where}")
-    Trainer(run_ctx, plan.trials, build_group, test_batches).fit()
+    build = group_builder(methods, plan.trials, opt, plan.speed, device, train_batches, distributed=world > 1)
+    Trainer(run_ctx, plan.trials, build, test_batches).fit()
     for trial in plan.trials:
         s = trial.state
         if trial.diverged is None and s.history:

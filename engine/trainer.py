@@ -13,12 +13,10 @@ from typing import Any
 
 import torch
 
-from engine.data import TrainBatches
 from engine.evaluation import evaluate_trials
-from engine.replicas import SingleTrial, StackedTrials
-from engine.step import Step, lr_at
+from engine.group import Group
+from engine.step import lr_at
 from engine.trial import RunState, TrialPaths, make_checkpoint, save_epoch
-from utils.meter import DeviceMeter
 from utils.progress import Progress
 from utils.rng import TrialRNG
 
@@ -41,17 +39,6 @@ class Trial:
     @property
     def label(self) -> str:
         return f"trial {self.paths.number}"
-
-
-@dataclass
-class Group:
-    """The trials training this epoch and what trains them."""
-    trials: list[Trial]
-    replicas: SingleTrial | StackedTrials
-    optimizer: torch.optim.Optimizer
-    step: Step
-    meter: DeviceMeter
-    batches: TrainBatches
 
 
 @dataclass
