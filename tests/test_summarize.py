@@ -127,3 +127,16 @@ def test_archived_folders_skipped_and_counted(tmp_path: Path) -> None:
     proc = run_tool(str(only))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "(1 archived trial folder(s) skipped)" in proc.stderr
+
+
+def test_run_without_options_yml_stands_alone(tmp_path: Path) -> None:
+    """results.json alone says too little of the setting: such a run is its own row, and says why."""
+    root = tmp_path / "experiments"
+    vanilla = yaml.safe_load((ROOT / "options" / "train_teacher.yml").read_text())
+    write_run(root, "resnet56_cifar100_vanilla", "trial_1", vanilla, result("resnet56", "resnet56", "none",
+                                                                             72.0, 71.9, None))
+    write_run(root, "resnet56_cifar100_vanilla", "trial_2", vanilla, result("resnet56", "resnet56", "none",
+                                                                             72.4, 72.1, None))
+    (root / "resnet56_cifar100_vanilla" / "trial_2" / "options.yml").unlink()
+    groups = json.loads(run_tool(str(root), "--json").stdout)["groups"]
+    assert sorted((g["setting"], g["n"]) for g in groups) == [("-", 1), ("options.yml=missing", 1)]

@@ -85,9 +85,9 @@ def options_file(name: str) -> dict[str, Any]:
 
 
 def reference(method: str) -> dict[str, Any]:
-    """The published options of `method`: the defaults, its own file, the values it fixes."""
+    """The published options of `method` (defaults, its file, fixed values); no 'options.yml: missing' marker."""
     name, fixed = REFERENCE.get(method, (DEFAULTS, {}))
-    return {**options_file(DEFAULTS), **options_file(name), **compared_options(fixed)}
+    return {**options_file(DEFAULTS), **options_file(name), **compared_options(fixed), "options.yml": _MISSING}
 
 
 def _method(distill: str, opts: dict[str, Any]) -> str:
@@ -188,12 +188,12 @@ def _paper_value(paper: list[dict[str, Any]], teacher: str | None, student: str,
 
 
 def _setting(options: dict[str, Any], method: str, siblings: list[dict[str, Any]]) -> str:
-    """'k=v ...' where this row differs from its method's published options or from its pair's other rows."""
+    """'k=v ...': options off the method's published values or unknown to them, or unset where a sibling sets them."""
     ref = reference(method)
     varying = {k for k in set().union(*siblings) if len({o.get(k, _MISSING) for o in siblings}) > 1}
-    items = [(key, options.get(key, _MISSING)) for key in sorted(set(options) | varying)]
-    return " ".join(f"{k}={v if v is _MISSING else show(v)}" for k, v in items
-                    if (v != ref[k] and (k in options or k in varying) if k in ref else k in varying)) or "-"
+    known = "options.yml" not in options  # without options.yml, what the run lacks is unknown, not unset
+    items = [(k, options.get(k, _MISSING)) for k in sorted(set(options) | varying) if k in options or known]
+    return " ".join(f"{k}={v if v is _MISSING else show(v)}" for k, v in items if k not in ref or v != ref[k]) or "-"
 
 
 def group_runs(runs: list[dict[str, Any]], paper: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
