@@ -78,11 +78,12 @@ def test_mixed_settings_give_separate_rows(tmp_path: Path) -> None:
 
 
 def test_options_outside_the_published_ones_are_named(tmp_path: Path) -> None:
-    """A key the published files lack (here a new method option) still separates and labels rows."""
+    """A key the published files lack (here a new method option) still separates and labels rows; one that
+    all rows share (e.g. a schema key the files do not list) is not named."""
     root = tmp_path / "experiments"
-    write_run(root, PAIR, "trial_1", variant(extra_knob=1), cocord_result(70.0, 70.0))
-    write_run(root, PAIR, "trial_2", variant(extra_knob=2.0), cocord_result(71.0, 71.0))
-    write_run(root, PAIR, "trial_3", variant(extra_knob=1.0), cocord_result(72.0, 72.0))
+    write_run(root, PAIR, "trial_1", variant(extra_knob=1, shared=5), cocord_result(70.0, 70.0))
+    write_run(root, PAIR, "trial_2", variant(extra_knob=2.0, shared=5), cocord_result(71.0, 71.0))
+    write_run(root, PAIR, "trial_3", variant(extra_knob=1.0, shared=5.0), cocord_result(72.0, 72.0))
     groups = json.loads(run_tool(str(root), "--json").stdout)["groups"]
     assert sorted((g["setting"], g["n"]) for g in groups) == [("extra_knob=1", 2), ("extra_knob=2", 1)]
 

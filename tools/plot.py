@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = summarize.collect_runs(args.root)
     groups = summarize.group_runs(runs)
     if not groups:
-        reason = summarize.summarize(args.root, runs) if all(r["status"] == "archived" for r in runs) else \
+        only_archived = all(r["status"] == "archived" for r in runs)  # also: no folder, or no run in it
+        reason = summarize.summarize(args.root, runs) if only_archived else \
             f"no finished runs in {args.root} (unfinished or unreadable only: see tools/summarize.py)"
         print(f"nothing to plot: {reason}", file=sys.stderr)
         return 2

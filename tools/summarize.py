@@ -63,8 +63,7 @@ def flatten(opts: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def compared_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The flattened options that can change a run's result (its 'setting'), beyond pair and method."""
-    return {k: v for k, v in flatten(opts).items()
-            if k not in IGNORED and k not in PAIR_KEYS and not k.startswith("path.")}
+    return {k: v for k, v in flatten(opts).items() if k not in IGNORED | PAIR_KEYS and not k.startswith("path.")}
 
 
 def show(value: Any) -> str:
@@ -188,12 +187,13 @@ def _paper_value(paper: list[dict[str, Any]], teacher: str | None, student: str,
 
 
 def _setting(options: dict[str, Any], method: str, siblings: list[dict[str, Any]]) -> str:
-    """'k=v ...': options off the method's published values or unknown to them, or unset where a sibling sets them."""
+    """'k=v ...': options off the method's published values, and others that differ between its pair's rows."""
     ref = reference(method)
     varying = {k for k in set().union(*siblings) if len({o.get(k, _MISSING) for o in siblings}) > 1}
     known = "options.yml" not in options  # without options.yml, what the run lacks is unknown, not unset
     items = [(k, options.get(k, _MISSING)) for k in sorted(set(options) | varying) if k in options or known]
-    return " ".join(f"{k}={v if v is _MISSING else show(v)}" for k, v in items if k not in ref or v != ref[k]) or "-"
+    return " ".join(f"{k}={v if v is _MISSING else show(v)}" for k, v in items
+                    if (v != ref[k] if k in ref else k in varying)) or "-"
 
 
 def group_runs(runs: list[dict[str, Any]], paper: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
