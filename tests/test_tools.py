@@ -53,9 +53,9 @@ R20_BEST, R20_LAST = [71.61, 71.93, 71.20], [71.40, 71.88, 71.07]
 
 def make_tree(tmp_path: Path) -> Path:
     root = tmp_path / "experiments"
-    for i, (b, l) in enumerate(zip(R20_BEST, R20_LAST), 1):
+    for i, (best, last) in enumerate(zip(R20_BEST, R20_LAST), 1):
         write_run(root, COCORD, f"trial_{i}", opts("resnet20", "resnet56", "cocord"),
-                  result("resnet20", "resnet56", "cocord", b, l, 72.34))
+                  result("resnet20", "resnet56", "cocord", best, last, 72.34))
     write_run(root, COCORD, "trial_4", opts("resnet20", "resnet56", "cocord"),
               result("resnet20", "resnet56", "cocord", 60.0, 59.0, 72.34, finished=False, last_epoch=37))
     write_run(root, COCORD, "trial_1_archived_261126-101010", opts("resnet20", "resnet56", "cocord"),
@@ -79,13 +79,21 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SUMMARIZE), *args], capture_output=True, text=True, timeout=30)
 
 
-def table_rows(out: str) -> dict[tuple[str, str], list[str]]:
-    """(pair, method) -> the row's numeric cells; pairs contain ' -> ', so split on 2+ spaces."""
-    rows = {}
+def table_lines(out: str) -> list[list[str]]:
+    """The table's rows as cells: pair, method, n, best, sd, last, sd, teacher, paper, last-paper, setting.
+    Pairs contain ' -> ' and settings 'a=1 b=2', so cells are split on 2+ spaces."""
+    rows = []
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().split("  ") if c.strip()]
         if len(cells) == 11 and cells[1] in ("cocord", "cocord+kd", "kd", "vanilla"):
-            rows[(cells[0], cells[1])] = cells[2:]
+            rows.append(cells)
+    return rows
+
+
+def table_rows(out: str) -> dict[tuple[str, str], list[str]]:
+    """(pair, method) -> the row's other cells (one row per pair and method expected)."""
+    rows = {(cells[0], cells[1]): cells[2:] for cells in table_lines(out)}
+    assert len(rows) == len(table_lines(out)), out
     return rows
 
 
@@ -106,18 +114,19 @@ def test_summary_table(tree: Path) -> None:
     assert set(rows) == {("resnet56 -> resnet20", "cocord"), ("resnet56 -> resnet20", "cocord+kd"),
                          ("vgg13 -> vgg8", "cocord"), ("resnet56", "vanilla")}, out
 
-    setting, n, best, best_sd, last, last_sd, teacher, paper, diff = rows[("resnet56 -> resnet20", "cocord")]
+    n, best, best_sd, last, last_sd, teacher, paper, diff, setting = rows[("resnet56 -> resnet20", "cocord")]
     assert (setting, n) == ("-", "3")  # the unfinished, archived and corrupt trials are not averaged
     assert close(best, sum(R20_BEST) / 3) and close(best_sd, sample_std(R20_BEST))
     assert close(last, sum(R20_LAST) / 3) and close(last_sd, sample_std(R20_LAST))
     assert close(teacher, 72.34) and paper == "71.74" and close(diff, sum(R20_LAST) / 3 - 71.74)
 
-    _, n, best, best_sd, last, last_sd, _, paper, diff = rows[("vgg13 -> vgg8", "cocord")]
+    n, best, best_sd, last, last_sd, _, paper, diff, _ = rows[("vgg13 -> vgg8", "cocord")]
     assert n == "1" and best_sd == "-" and last_sd == "-" and close(last, 73.85) and paper == "73.99"
     assert close(diff, 73.85 - 73.99)
-    assert rows[("resnet56 -> resnet20", "cocord+kd")][7] == "72.09"  # the paper's cocord_kd
+    assert rows[("resnet56 -> resnet20", "cocord+kd")][6] == "72.09"  # the paper's cocord_kd
     vanilla = rows[("resnet56", "vanilla")]
-    assert vanilla[6] == "-" and vanilla[7] == "72.34" and close(vanilla[8], 72.41 - 72.34)  # teacher_acc
+    assert vanilla[5] == "-" and vanilla[6] == "72.34" and close(vanilla[7], 72.41 - 72.34)  # teacher_acc
+    assert {cells[-1] for cells in rows.values()} == {"-"}  # all at the published options
 
     unfinished = out.split("Unfinished runs")[1].split("Unreadable runs")[0]
     assert "trial_4" in unfinished and "epoch 37/240" in unfinished

@@ -1,0 +1,142 @@
+"""tools/evaluate.py end to end: real checkpoints in every layout, real-format data, the tool as a subprocess."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT
+from helpers import run_main, save_crd_checkpoint, tiny_options, write_yaml
+
+from dataset import CIFAR100_MEAN, CIFAR100_STD, build_imagenet_loaders, write_demo_imagefolder
+from engine.evaluation import evaluate
+from models import build_model
+
+EVALUATE = ROOT / "tools" / "evaluate.py"
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EVALUATE), *args], capture_output=True, text=True, timeout=120)
+
+
+def evaluated(*args: str) -> dict:
+    proc = run_tool(*args, "--cpu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def reference(model: torch.nn.Module, data: str) -> dict:
+    """Accuracy computed here, from the raw cifar-100-python file, without the project's data code."""
+    with open(Path(data) / "cifar-100-python" / "test", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    images = torch.from_numpy(np.asarray(raw["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)).float() / 255
+    images = (images - torch.tensor(CIFAR100_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR100_STD).view(3, 1, 1)
+    labels = torch.tensor(raw["fine_labels"])
+    with torch.no_grad():
+        logits = model.eval()(images)
+    top5 = logits.topk(5, dim=1).indices
+    return {"top1": 100.0 * int((top5[:, 0] == labels).sum()) / len(labels),
+            "top5": 100.0 * int((top5 == labels[:, None]).any(dim=1).sum()) / len(labels),
+            "loss": F.cross_entropy(logits, labels).item(), "images": len(labels),
+            "evaluate": evaluate(model, [(images, labels)])}
+
+
+@pytest.fixture(scope="module")
+def student() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return build_model("resnet8", 10)
+
+
+LAYOUTS = {  # how each kind of file holds the weights
+    "project": lambda sd: {"epoch": 1, "model": sd},
+    "cocord_published": lambda sd: {"s_model_dict": sd, "epoch": 240},
+    "bare_ddp": lambda sd: {f"module.{k}": v for k, v in sd.items()},
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_accuracy_matches_a_direct_computation(tmp_path: Path, tiny_cifar: str, student: torch.nn.Module,
+                                               layout: str) -> None:
+    path = tmp_path / "ckpt.pth"
+    torch.save(LAYOUTS[layout](student.state_dict()), path)
+    out = evaluated(str(path), "--data-folder", tiny_cifar, "--batch-size", "16")  # 40 images: a short last batch
+    ref = reference(student, tiny_cifar)
+    assert (out["architecture"], out["n_cls"], out["images"]) == ("resnet8", 10, ref["images"])
+    assert out["top1"] == pytest.approx(ref["top1"], abs=1e-9) and out["top5"] == pytest.approx(ref["top5"], abs=1e-9)
+    assert out["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    assert out["top1"] == pytest.approx(ref["evaluate"]["top1"]) and out["loss"] == pytest.approx(
+        ref["evaluate"]["loss"], rel=1e-5)
+
+
+def test_crd_teacher_and_text_line(tmp_path: Path, tiny_cifar: str) -> None:
+    torch.manual_seed(5)
+    model = build_model("wrn_16_1", 10)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    save_crd_checkpoint(model, path)
+    proc = run_tool(str(path), "--data-folder", tiny_cifar, "--cpu")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("wrn_16_1 ") and "40 images" in line, line
+    ref = reference(model, tiny_cifar)
+    assert f"top-1 {ref['top1']:.2f}%" in line and f"top-5 {ref['top5']:.2f}%" in line, line
+    printed_loss = float(line.split("loss ")[1].split()[0])
+    assert math.isclose(printed_loss, ref["loss"], abs_tol=6e-5), (line, ref["loss"])  # 4 decimals printed
+
+
+def test_checkpoints_of_a_real_run(tmp_path: Path, tiny_cifar: str) -> None:
+    """best.pth and the last epoch's file of a `main.py` run score what the run recorded."""
+    write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, None, distill="none", epochs=2))
+    proc = run_main(["-opt", "opt.yml", "-t", "1", "--quiet"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (trial,) = (tmp_path / "experiments").glob("*/trial_1")
+    results = json.loads((trial / "results.json").read_text())
+    best = evaluated(str(trial / "model" / "best.pth"), "--data-folder", tiny_cifar)
+    last = evaluated(str(trial / "model" / "ckpt_epoch_2.pth"), "--data-folder", tiny_cifar)
+    assert best["architecture"] == last["architecture"] == "resnet8"
+    assert math.isclose(best["top1"], results["best_acc"], abs_tol=1e-9)
+    assert math.isclose(last["top1"], results["last_acc"], abs_tol=1e-9)
+    assert math.isclose(last["top5"], results["last_top5"], abs_tol=1e-9)
+    assert math.isclose(last["loss"], results["history"][-1]["val_loss"], rel_tol=1e-4)
+
+
+def test_imagenet_folder(tmp_path: Path) -> None:
+    data = tmp_path / "imagenet"
+    write_demo_imagefolder(str(data), num_classes=3, per_class=2, size=64, seed=0)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    path = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), path)
+    out = evaluated(str(path), "--dataset", "imagenet", "--data-folder", str(data), "--workers", "0")
+    _, val = build_imagenet_loaders(str(data), 4, 1, 0, False)
+    ref = evaluate(model, val)
+    assert (out["architecture"], out["n_cls"], out["images"]) == ("resnet18", 3, 6)
+    assert out["top1"] == pytest.approx(ref["top1"]) and out["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_bad_input_one_line_exit_2(tmp_path: Path, tiny_cifar: str) -> None:
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    small = tmp_path / "five.pth"
+    torch.save({"model": build_model("resnet8", 5).state_dict()}, small)
+    ok = tmp_path / "ten.pth"
+    torch.save({"model": build_model("resnet8", 10).state_dict()}, ok)
+    cases = {
+        "does not exist": [str(tmp_path / "missing.pth"), "--data-folder", tiny_cifar],
+        "not a PyTorch checkpoint": [str(text), "--data-folder", tiny_cifar],
+        "CIFAR-100 not found": [str(ok), "--data-folder", str(tmp_path / "no_data")],
+        "not what --n-cls 100": [str(ok), "--data-folder", tiny_cifar, "--n-cls", "100"],
+        "head has 5 classes": [str(small), "--data-folder", tiny_cifar],
+        "ImageNet folder not found": [str(ok), "--dataset", "imagenet", "--data-folder", tiny_cifar],
+    }
+    for expected, args in cases.items():
+        proc = run_tool(*args, "--cpu")
+        assert proc.returncode == 2, (expected, proc.stdout, proc.stderr)
+        assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, (expected, proc.stderr)
+        assert expected in proc.stderr, (expected, proc.stderr)
