@@ -80,7 +80,8 @@ def rel_err(ours: Tensor, ref: Tensor) -> float:
     return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
-def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 300
+             ) -> subprocess.CompletedProcess[str]:
     """`python main.py ARGS` as a real subprocess in `cwd` (the repository's main.py, not a copy)."""
     from conftest import ROOT
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}

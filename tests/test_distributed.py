@@ -38,7 +38,8 @@ def test_ranks_stay_identical_and_the_queue_is_in_rank_order(tmp_path):
 
 # Every method, as main.py runs it under torchrun: each declares what must stay identical across processes.
 METHODS = {"cocord": ({}, "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0"),
-           "kd": ({"distill": "kd", "loss_cls": 0.1, "loss_kd": 0.9}, "S_resnet8_T_resnet8_cifar100_kd_cls0.1kd0.9T4.0"),
+           "kd": ({"distill": "kd", "loss_cls": 0.1, "loss_kd": 0.9},
+                  "S_resnet8_T_resnet8_cifar100_kd_cls0.1kd0.9T4.0"),
            "none": ({"distill": "none"}, "resnet8_cifar100_vanilla")}
 
 

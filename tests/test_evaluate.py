@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from conftest import ROOT
 from helpers import run_main, save_crd_checkpoint, tiny_options, write_yaml
 
-from dataset import CIFAR100_MEAN, CIFAR100_STD, build_imagenet_loaders, write_demo_imagefolder
+from dataset import build_imagenet_loaders, write_demo_imagefolder
+from dataset.constants import CIFAR100_MEAN, CIFAR100_STD
 from engine.evaluation import evaluate
 from models import build_model
 

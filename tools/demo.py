@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dataset import write_demo_cifar
+from engine.config import load_options
 
-from dataset import write_demo_cifar  # noqa: E402
-from engine.config import load_options  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = [("teacher", "options/demo_teacher.yml"), ("student (CoCoRD)", "options/demo_student.yml")]
 

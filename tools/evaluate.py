@@ -14,17 +14,13 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from dataset import DataError, GPUTestLoader, build_imagenet_loaders, load_cifar100  # noqa: E402
-from engine.evaluation import evaluate  # noqa: E402
-from models import CheckpointError, load_teacher, match_architectures, read_state_dict  # noqa: E402
+from dataset import DataError, GPUTestLoader, build_imagenet_loaders, load_cifar100
+from engine.evaluation import evaluate
+from models import CheckpointError, load_teacher, match_architectures, read_state_dict
 
 
 class UsageError(ValueError):

@@ -25,11 +25,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, none opened
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import summarize  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import summarize
 
 PAPER_BARS = (("student_acc", "student"), ("kd", "KD"), ("crd", "CRD"), ("cocord", "CoCoRD"),
               ("cocord_kd", "CoCoRD+KD"))  # the paper's columns beside ours, in its tables' order

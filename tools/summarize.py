@@ -3,8 +3,8 @@
     python tools/summarize.py [EXPERIMENTS_DIR] [--json]
 
 A run is any trial_<N>/ folder, at any depth, holding options.yml and/or results.json; finished runs are
-averaged only with runs of the same pair, method and options. Standard library + PyYAML only (no torch,
-no project imports): it runs in a second wherever the results are.
+averaged only with runs of the same pair, method and options (options.settings says which options count).
+No torch: it runs in a second wherever the results are.
 """
 from __future__ import annotations
 
@@ -20,16 +20,12 @@ from typing import Any
 
 import yaml
 
+from options.settings import normalize, result_settings
+
 PAPER_FILE = Path(__file__).resolve().parent / "paper_results.yml"
 OPTIONS_DIR = Path(__file__).resolve().parents[1] / "options"
 METHODS = ("cocord", "cocord+kd", "kd", "vanilla")
 PAPER_COLUMN = {"cocord": "cocord", "cocord+kd": "cocord_kd", "kd": "kd"}  # others: their own name
-# Options that cannot change a run's numbers: where files are, how data is read, progress, device, seed
-# (trials of one setting may differ in it), and the speed switches that keep the fp32 maths (speed.amp
-# changes the maths and stays). Every other option separates rows.
-IGNORED = {"data_folder", "download", "experiments_dir", "experiment_name", "num_workers", "pin_memory",
-           "print_freq", "gpu", "seed", "trial", "speed.loader", "speed.cuda_graph", "speed.compile",
-           "speed.channels_last", "speed.streams"}
 PAIR_KEYS = {"student_model", "teacher_model", "distill", "dataset"}  # already the row's pair and method
 # Each method's published configuration (options/ beside tools/); a row's 'setting' names the options where it
 # differs. DEFAULTS holds every key at the value main.py fills in, so a key an options.yml lacks (written before
@@ -38,7 +34,6 @@ DEFAULTS = "train_student.yml"
 REFERENCE = {"cocord": (DEFAULTS, {}), "cocord+kd": (DEFAULTS, {"loss_kd": 1.0}), "kd": ("train_kd.yml", {}),
              "vanilla": ("train_teacher.yml", {})}
 TRIAL = re.compile(r"trial_(\d+)")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _MISSING = "(unset)"
 
 
@@ -46,24 +41,9 @@ def _num(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def normalize(value: Any) -> Any:
-    """A hashable value that compares by meaning: 1, 1.0 and '1e0' are equal (YAML 1.1 reads 5e-4 as text)."""
-    if _num(value) or (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
-        return float(value)
-    return tuple(normalize(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def flatten(opts: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'cocord': {'T': 0.1}} -> {'cocord.T': 0.1}, values normalised."""
-    out: dict[str, Any] = {}
-    for key, value in opts.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: normalize(value)})
-    return out
-
-
 def compared_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The flattened options that can change a run's result (its 'setting'), beyond pair and method."""
-    return {k: v for k, v in flatten(opts).items() if k not in IGNORED | PAIR_KEYS and not k.startswith("path.")}
+    return {k: v for k, v in result_settings(opts).items() if k not in PAIR_KEYS}
 
 
 def show(value: Any) -> str:
