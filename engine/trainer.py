@@ -154,7 +154,8 @@ class Trainer:
         trial.saved = (method_state, optimizer_state)
         if not self.run.is_main:
             return
-        _log(trial.writer, epoch, lr, train, val)
+        if trial.writer is not None:
+            _log(trial.writer, epoch, lr, train, val)
         ckpt = make_checkpoint(epoch=epoch, student=group.replicas.student_state(k), method=method_state,
                                optimizer=optimizer_state, state=state, accuracy=val["top1"], opt=self.run.opt,
                                rng=trial.rng.state, seed=trial.seed, teacher_fingerprint=self.run.teacher_fingerprint)
