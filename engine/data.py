@@ -57,17 +57,18 @@ class DeviceBatches:
 
 
 class TrainBatches:
-    """One step's training batches of every trial: `(views, labels)`, each view [B, ...] for one trial and
-    [trials, B, ...] for several."""
+    """One step's training batches of every trial: `(views, labels)`, each view [B, ...] for a run of one trial,
+    [trials, B, ...] when `stacked` (a run of several, even once only one of them is left training)."""
 
-    def __init__(self, loaders: list[Any]):
+    def __init__(self, loaders: list[Any], stacked: bool | None = None):
         self.loaders = loaders
+        self.stacked = len(loaders) > 1 if stacked is None else stacked
 
     def __len__(self) -> int:
         return len(self.loaders[0])
 
     def subset(self, keep: list[int]) -> TrainBatches:
-        return TrainBatches([self.loaders[k] for k in keep])
+        return TrainBatches([self.loaders[k] for k in keep], self.stacked)
 
     def set_epoch(self, seeds: list[int]) -> None:
         for loader, seed in zip(self.loaders, seeds, strict=True):
@@ -76,7 +77,7 @@ class TrainBatches:
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         for batches in zip(*self.loaders):
             views = [v if isinstance(v, list) else [v] for v, _ in batches]
-            if len(batches) == 1:
+            if not self.stacked:
                 yield views[0], batches[0][1]
             else:
                 yield [torch.stack(vs) for vs in zip(*views)], torch.stack([labels for _, labels in batches])

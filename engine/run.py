@@ -209,7 +209,7 @@ def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], ra
             ckpt = plan.checkpoints.get(trial.paths.number)
             if ckpt is not None:
                 complete_resumed(trial.paths, ckpt, {**extra, "trial": trial.paths.number, "seed": trial.seed},
-                                 progress.say)
+                                 plan.opt, progress.say)
             record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary)
             from torch.utils.tensorboard import SummaryWriter
             trial.writer = SummaryWriter(str(trial.paths.folder),

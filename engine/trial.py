@@ -70,9 +70,10 @@ def make_checkpoint(*, epoch: int, student: dict[str, torch.Tensor], method: dic
             "rng": rng, "seed": seed, "options": opt, "teacher_fingerprint": teacher_fingerprint}
 
 
-def results_of(ckpt: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """What results.json holds, computed from a checkpoint alone."""
-    opt, history = ckpt["options"], ckpt["history"]
+def results_of(ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What results.json holds, computed from a checkpoint and the options the run goes on with (by default
+    the checkpoint's own; a resume may have raised `epochs`)."""
+    opt, history = opt or ckpt["options"], ckpt["history"]
     last = history[-1] if history else {}
     return {"finished": ckpt["epoch"] >= opt["epochs"], "best_acc": ckpt["best_acc"], "best_epoch": ckpt["best_epoch"],
             "last_acc": last.get("val_top1"), "last_epoch": last.get("epoch"), "last_top5": last.get("val_top5"),
@@ -104,8 +105,9 @@ def save_epoch(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -
     _write_results(paths, results_of(ckpt, extra))
 
 
-def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -> list[str]:
-    """Rewrite whatever a stop after the checkpoint left behind it; returns the files rewritten."""
+def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any]) -> list[str]:
+    """Rewrite whatever a stop after the checkpoint left behind it, for a run going on with `opt`; returns the
+    files rewritten."""
     fixed = []
     if ckpt["best_epoch"] == ckpt["epoch"] and _saved_epoch(paths.best) != ckpt["epoch"]:
         _write_best(paths, ckpt)
@@ -113,7 +115,7 @@ def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -> li
     if ckpt["epoch"] == ckpt["options"]["epochs"] and not paths.epoch_file(ckpt["epoch"]).is_file():
         _write_epoch_file(paths, ckpt)
         fixed.append(paths.epoch_file(ckpt["epoch"]).name)
-    results = results_of(ckpt, extra)
+    results = results_of(ckpt, extra, opt)
     if _read_json(paths.results) != json.loads(json.dumps(results)):
         _write_results(paths, results)
         fixed.append(paths.results.name)

@@ -42,11 +42,11 @@ def prepare_folder(plan: FolderPlan, say: Any) -> None:
     plan.paths.folder.mkdir(parents=True)
 
 
-def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], say: Any) -> None:
-    fixed = repair(paths, ckpt, extra)
+def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any],
+                     say: Any) -> None:
+    fixed = repair(paths, ckpt, extra, opt)
     if fixed:
-        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the run had stopped while "
-            "writing them)")
+        say(f"{paths.folder}: brought {', '.join(fixed)} up to date with the last checkpoint")
 
 
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],
