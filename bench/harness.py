@@ -64,7 +64,8 @@ def make_step(methods: list[CoCoRD], opt: dict[str, Any], speed: Speed, device: 
     """One trial through its method, several stacked: exactly as engine.group builds them."""
     fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
     methods = [m.to(memory_format=fmt) for m in methods]
-    replicas = SingleTrial(methods[0]) if len(methods) == 1 else StackedTrials.from_methods(methods, speed.channels_last)
+    replicas = (SingleTrial(methods[0]) if len(methods) == 1
+                else StackedTrials.from_methods(methods, speed.channels_last))
     optimizer = build_optimizer(replicas.trained_parameters(), opt)
     meter = DeviceMeter(CoCoRD.accuracy_outputs, device, len(methods))
     return replicas, optimizer, meter, build_step(replicas, optimizer, meter, speed, device, opt["batch_size"])

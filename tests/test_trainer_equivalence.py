@@ -7,7 +7,6 @@ last batch, evaluation and checkpoints on disk; float64, compared from the files
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))

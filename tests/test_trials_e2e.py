@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
 from helpers import run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, PUBLISHED_TAGS, scalars

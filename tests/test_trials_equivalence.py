@@ -8,7 +8,6 @@ so equal here means 1e-10 relative in float64; a mistake in the step shows as 1e
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
