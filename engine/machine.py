@@ -33,6 +33,13 @@ def select_device(opt: dict[str, Any], say: Callable[[str], None]) -> torch.devi
     return device
 
 
+def set_cudnn(seed: int | None, device: torch.device) -> None:
+    """A run with a seed is repeatable (deterministic cuDNN algorithms); one without picks the fastest."""
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = seed is not None
+        torch.backends.cudnn.benchmark = seed is None
+
+
 def effective_speed(opt: dict[str, Any], device: torch.device, trials: int, world: int) -> Speed:
     """The fast path applies on a GPU; on the CPU everything is the published eager path."""
     s, gpu = opt["speed"], device.type == "cuda"

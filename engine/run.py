@@ -107,6 +107,7 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
         if opt[key] not in model_dict:
             raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")
     plan.device = select_device(opt, progress.say)
+    set_cudnn(opt["seed"], plan.device)
     if opt["sync_bn"] and plan.device.type != "cuda":
         raise OptionsError("sync_bn needs CUDA GPUs (SyncBatchNorm); set sync_bn: false to train on the CPU")
     if opt["sync_bn"] and world == 1:
