@@ -18,7 +18,14 @@ from distiller import Distiller, method_class
 from engine.data import TrainBatches, build_data
 from engine.evaluation import evaluate
 from engine.group import group_builder
-from engine.machine import check_memory, effective_speed, effective_workers, quiet_library_warnings, select_device
+from engine.machine import (
+    check_memory,
+    effective_speed,
+    effective_workers,
+    quiet_library_warnings,
+    select_device,
+    set_cudnn,
+)
 from engine.resume import FolderPlan, plan_folder, resume_options
 from engine.step import Speed
 from engine.teacher import check_teacher_outputs, fingerprint, load_checked_teacher, resolve_teacher_model
