@@ -23,7 +23,7 @@ def build_from_fixture(fx: dict) -> tuple[CoCoRD, torch.optim.Optimizer]:
     teacher = build_model(cfg["teacher_model"], cfg["n_cls"]).double()
     teacher.load_state_dict(init["teacher"])
     method = CoCoRD(student, teacher, opt).double()
-    # The slow copies and the teacher head start as copies of the recorded student head (SPEC section 1).
+    # The slow copies and the teacher head start as copies of the recorded student head (docs/method.md).
     for head in (method.student_head, method.slow_student_head, method.teacher_head):
         head.load_state_dict(init["student_head"])
     method.predictor.load_state_dict(init["predictor"])

@@ -21,6 +21,7 @@ from helpers import save_crd_checkpoint
 from models import build_model, load_teacher
 
 SCRIPT = ROOT / "tools" / "fetch_teachers.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as when it runs as a script: its sibling teacher_archive.py
 _spec = importlib.util.spec_from_file_location("fetch_teachers", SCRIPT)
 ft = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ft)

@@ -12,81 +12,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import stat
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import torch
-
-from models import MODEL_REGISTRY, CheckpointError, load_teacher
-from models.checkpoint import _numpy_scalars_allowed  # same safe-load rules as the zoo
+from teacher_archive import CHUNK, FetchError, TeachersFailed, check_dest, check_known, install_from_archive
 
 DEFAULT_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
-CKPT_NAME = "ckpt_epoch_240.pth"
-# `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, tolerating a leading `./` or a missing top folder.
-_MEMBER_RE = re.compile(r"^(?:\./)?(?:cifar_teachers/)?([A-Za-z0-9_]+)_vanilla/" + re.escape(CKPT_NAME) + r"$")
-_CHUNK = 1 << 20
-
-
-class FetchError(RuntimeError):
-    """A download/archive/usage problem; the message is one line saying what to do."""
-
-
-class TeachersFailed(FetchError):
-    """Some teachers failed verification (each already reported); the good ones are in `installed`."""
-
-    def __init__(self, failed: list[str], installed: list[Path]) -> None:
-        super().__init__(f"{len(failed)} teacher(s) failed verification and were not installed: {', '.join(failed)}")
-        self.failed, self.installed = failed, installed
 
 
 def _manual_hint(url: str) -> str:
     return (f"download cifar_teachers.tar by hand from {url} and run "
             "`python tools/fetch_teachers.py --archive cifar_teachers.tar`, or train a teacher: "
             "`python main.py -opt options/train_teacher.yml --set student_model=resnet56`")
-
-
-def _check_known(archs: list[str] | None) -> None:
-    """Fail before a long download if a requested name is not a model of the zoo at all."""
-    unknown = [a for a in archs or [] if a not in MODEL_REGISTRY]
-    if unknown:
-        raise FetchError(f"unknown architecture(s) {', '.join(unknown)}; known: {', '.join(MODEL_REGISTRY)}")
-
-
-def _check_dest(dest: Path, archs: list[str] = ()) -> None:
-    """Refuse a destination that cannot hold the teachers before anything is written or downloaded."""
-    existing = next((p for p in (dest, *dest.parents) if p.exists() or p.is_symlink()), None)
-    if existing is not None and not existing.is_dir():
-        what = f"{dest} is" if existing == dest else f"{dest} cannot be made: {existing} is"
-        raise FetchError(f"destination {what} not a folder; give --dest a folder (default: t_model)")
-    for arch in archs:
-        folder, target = dest / arch, dest / arch / CKPT_NAME
-        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
-            raise FetchError(f"{folder} is not a folder; move it away or give another --dest")
-        if (target.exists() or target.is_symlink()) and not target.is_file():
-            raise FetchError(f"{target} is not a regular file; move it away or give another --dest")
-
-
-def _check_archive(archive: Path) -> None:
-    """A regular file, checked before opening it: opening a named pipe would wait for a writer forever."""
-    try:
-        mode = archive.stat().st_mode
-    except FileNotFoundError:
-        raise FetchError(f"archive {archive} does not exist") from None
-    except OSError as e:
-        raise FetchError(f"archive {archive} cannot be read ({e.strerror})") from None
-    if stat.S_ISDIR(mode):
-        raise FetchError(f"archive {archive} is a directory; give the cifar_teachers.tar file itself")
-    if not stat.S_ISREG(mode):
-        raise FetchError(f"archive {archive} is not a regular file (a pipe, socket or device); "
-                         "give the cifar_teachers.tar file itself")
 
 
 def download(url: str, target: Path, timeout: float = 60.0) -> None:
@@ -96,7 +38,7 @@ def download(url: str, target: Path, timeout: float = 60.0) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(target, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
             done, last = 0, 0.0
-            while chunk := resp.read(_CHUNK):
+            while chunk := resp.read(CHUNK):
                 out.write(chunk)
                 done += len(chunk)
                 if time.monotonic() - last > 0.5 or done == total:  # throttled progress line
@@ -121,144 +63,12 @@ def download(url: str, target: Path, timeout: float = 60.0) -> None:
     raise FetchError(f"download from {url} failed ({reason}); {_manual_hint(url)}")
 
 
-def _unsafe(member: tarfile.TarInfo, dest: Path) -> str | None:
-    """Why a member must not be trusted, or None. Any such member makes the whole archive suspect."""
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
-        return "absolute path"
-    if ".." in path.parts:
-        return "path outside the archive (..)"
-    if member.issym() or member.islnk():
-        return f"link to {member.linkname!r}"
-    if not (member.isfile() or member.isdir()):
-        return "device or special file"
-    if hasattr(tarfile, "data_filter"):  # the stdlib's own 'data' filter as a second opinion
-        try:
-            tarfile.data_filter(member, str(dest))
-        except tarfile.FilterError as e:
-            return str(e)
-    return None
-
-
-def _recorded_accuracy(path: Path) -> float | None:
-    """The test accuracy CRD saved in the checkpoint ('accuracy' or 'best_acc'), if any."""
-    try:
-        with _numpy_scalars_allowed():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("accuracy", "best_acc", "acc"):
-            if key in obj:
-                return float(obj[key])
-    except Exception:  # only decoration for the report line; the load itself was already verified
-        pass
-    return None
-
-
-def _report_ok(arch: str, path: Path, note: str = "") -> None:
-    acc = _recorded_accuracy(path)
-    acc_text = f" (accuracy {acc:.2f}% as recorded in the file)" if acc is not None else ""
-    print(f"{arch}: ok, {path}{acc_text}{note}", flush=True)
-
-
-def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, target: Path, label: str) -> None:
-    """Extract one member to a temp file beside `target`, verify it, then rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{CKPT_NAME}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            src = tar.extractfile(member)
-            if src is None:
-                raise FetchError(f"{label} is not a regular file")
-            shutil.copyfileobj(src, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            load_teacher(tmp, arch, 100)
-        except CheckpointError as e:  # name the archive member, not our temp file
-            raise CheckpointError(str(e).replace(str(tmp), label)) from None
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str] = "t_model",
-                         archs: list[str] | None = None, force: bool = False) -> list[Path]:
-    """Place the archive's teachers under `dest`, verified; returns the placed paths.
-
-    Raises FetchError for an unreadable/unsafe archive or unknown names (nothing written), and
-    TeachersFailed after reporting each teacher if any of them did not load as its named architecture.
-    """
-    archive, dest = Path(archive), Path(dest)
-    _check_known(archs)
-    _check_archive(archive)
-    _check_dest(dest)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, EOFError, OSError):
-        with open(archive, "rb") as f:  # a saved error page is the usual culprit: say so
-            html = f.read(512).lstrip().lower().startswith((b"<!doctype", b"<html"))
-        what = "it is an HTML page" if html else "tar, tar.gz, tar.bz2 or tar.xz expected"
-        raise FetchError(f"{archive} is not a readable tar archive ({what}); "
-                         "download cifar_teachers.tar again") from None
-    installed: list[Path] = []
-    failed: list[str] = []
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise FetchError(f"archive {archive} is corrupt or truncated ({e}); download it again") from None
-        found: dict[str, tarfile.TarInfo] = {}
-        for m in members:
-            reason = _unsafe(m, dest)
-            if reason:
-                raise FetchError(f"archive {archive} holds an unsafe member {m.name!r} ({reason}); refusing it")
-            match = _MEMBER_RE.match(m.name)
-            if match and m.isfile():
-                found.setdefault(match.group(1), m)
-        if not found:
-            raise FetchError(f"archive {archive} holds no cifar_teachers/<arch>_vanilla/{CKPT_NAME} files; "
-                             "is it mdistiller's cifar_teachers.tar?")
-        missing = [a for a in archs or [] if a not in found]
-        if missing:
-            raise FetchError(f"teacher(s) {', '.join(missing)} not in {archive}; it has: {', '.join(sorted(found))}")
-        _check_dest(dest, archs or sorted(found))
-
-        created_dest = not dest.exists()
-        for arch in archs or sorted(found):
-            target = dest / arch / CKPT_NAME
-            label = f"{archive}:{found[arch].name}"
-            if target.exists() and not force:
-                try:  # keep a good existing file; replace a bad one
-                    load_teacher(target, arch, 100)
-                    _report_ok(arch, target, " [already present, kept; --force replaces it]")
-                    installed.append(target)
-                    continue
-                except CheckpointError:
-                    pass
-            created_dir = not target.parent.exists()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                _install_one(tar, found[arch], arch, target, label)
-            except (CheckpointError, FetchError, tarfile.TarError, EOFError, OSError) as e:
-                print(f"{arch}: FAILED, {e}; not installed", file=sys.stderr, flush=True)
-                failed.append(arch)
-                if created_dir:  # leave no empty folder behind for a teacher that is not there
-                    shutil.rmtree(target.parent, ignore_errors=True)
-                continue
-            _report_ok(arch, target)
-            installed.append(target)
-        if created_dest and dest.is_dir() and not any(dest.iterdir()):
-            dest.rmdir()
-    if failed:
-        raise TeachersFailed(failed, installed)
-    return installed
-
-
 def fetch(url: str = DEFAULT_URL, dest: str | os.PathLike[str] = "t_model", archs: list[str] | None = None,
           force: bool = False, keep_archive: bool = False, timeout: float = 60.0) -> list[Path]:
     """Download the archive (to a temp file beside `dest`) and install from it; see install_from_archive."""
     dest = Path(dest)
-    _check_known(archs)
-    _check_dest(dest, archs or [])
+    check_known(archs)
+    check_dest(dest, archs or [])
     where = dest.resolve().parent
     fd, tmp_name = tempfile.mkstemp(dir=where if where.is_dir() else None, prefix=".cifar_teachers.",
                                     suffix=".tar.part")
