@@ -25,6 +25,7 @@ sys.path.insert(0, str(SCRIPT.parent))  # as when it runs as a script: its sibli
 _spec = importlib.util.spec_from_file_location("fetch_teachers", SCRIPT)
 ft = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ft)
+import teacher_archive  # noqa: E402  (tools/, put on the path above)
 
 ACC = {"resnet8": 71.25, "resnet14": 68.5}
 
@@ -152,9 +153,9 @@ def test_good_file_kept_unless_force_bad_file_replaced(archive: Path, tmp_path: 
     target.write_bytes(other.read_bytes())
     ft.install_from_archive(archive, dest, ["resnet8"])
     assert "already present, kept" in capsys.readouterr().out
-    assert ft._recorded_accuracy(target) == pytest.approx(12.0)  # the good file was not overwritten
+    assert teacher_archive._recorded_accuracy(target) == pytest.approx(12.0)  # the good file was not overwritten
     ft.install_from_archive(archive, dest, ["resnet8"], force=True)
-    assert ft._recorded_accuracy(target) == pytest.approx(71.25)
+    assert teacher_archive._recorded_accuracy(target) == pytest.approx(71.25)
     target.write_bytes(b"not a checkpoint")  # a broken existing file is replaced without --force
     ft.install_from_archive(archive, dest, ["resnet8"])
     load_teacher(target, "resnet8")
