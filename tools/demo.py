@@ -1,5 +1,6 @@
 """The offline demo: make a learnable dataset in the real cifar-100-python format, train a small teacher,
-then distil a student from it with CoCoRD. Both steps are plain `main.py` runs on the CPU.
+then distil a student from it with CoCoRD (both plain `main.py` runs on the CPU), then summarise the two runs
+and draw their figures into figs/.
 
     python tools/demo.py          (or: make demo)
 """
@@ -12,7 +13,9 @@ import time
 from pathlib import Path
 
 from dataset import write_demo_cifar
+from distiller import method_class
 from engine.config import load_options
+from engine.trial import experiment_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,13 +42,16 @@ def main() -> int:
     print(f"\n{'':18}{'model':10}{'best top-1':>12}{'last top-1':>12}   (chance: 10%)")
     for role, model, r, _ in rows:
         print(f"{role:18}{model:10}{r['best_acc']:>11.2f}%{r['last_acc']:>11.2f}%")
-    print(f"\ndone in {time.perf_counter() - start:.0f} s. TensorBoard logs: tensorboard --logdir experiments/demo")
+    for tool in ("summarize.py", "plot.py"):
+        print(f"\n== python tools/{tool} experiments/demo", flush=True)
+        subprocess.run([sys.executable, f"tools/{tool}", "experiments/demo"], cwd=ROOT)
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    print(f"\ndone in {time.perf_counter() - start:.0f} s. TensorBoard: {tensorboard} --logdir experiments/demo")
     return 0
 
 
 def _trial_folder(opt: dict) -> Path:
-    from distiller import METHODS
-    return ROOT / opt["experiments_dir"] / METHODS[opt["distill"]].experiment_name(opt) / "trial_1"
+    return ROOT / experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt)) / "trial_1"
 
 
 if __name__ == "__main__":
