@@ -148,9 +148,12 @@ class CoCoRD(Distiller):
             k, s1, s2, teacher_logits = self._targets(x_s, x_s2, x_t)
 
         q = F.normalize(z1, dim=1)
-        # Read the queue before this step's keys go in; autograd keeps what it multiplies, so use a copy.
+        # Read the queue before this step's keys go in; autograd keeps what it multiplies, so use a copy. The
+        # copy is a sum over one element (the same values) rather than clone(): torch.compile (2.14) may redo a
+        # clone in the backward, after the enqueue below has overwritten the queue (wrong gradients, pytorch
+        # PR 197039); it never redoes a reduction.
         positives = (q * k).sum(dim=1, keepdim=True)
-        negatives = q @ self.queue.clone()
+        negatives = q @ self.queue.unsqueeze(0).sum(0)
         ctr_logits = torch.cat([positives, negatives], dim=1) / self.T
         self._enqueue(k)
 
