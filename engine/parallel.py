@@ -2,8 +2,8 @@
 
 DDP wraps the whole method: it all-reduces the gradients of what SGD trains (for CoCoRD the student, its
 head, the predictor) and leaves the frozen parts alone. Everything else stays identical across ranks because
-every rank starts from the same seed and applies the same updates (a method that gathers across ranks, such
-as CoCoRD's queue, does so in rank order), and once per epoch BatchNorm running statistics are taken from
+every rank starts from the same seed and applies the same updates (a method that gathers across ranks
+does so in rank order), and once per epoch BatchNorm running statistics are taken from
 rank 0. The method's `replicated_state()` is then compared across ranks, so a divergence is caught at once.
 """
 from __future__ import annotations

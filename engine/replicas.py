@@ -1,7 +1,7 @@
 """The trained side of a run: one trial's method, or several trials trained as one.
 
 Several trials of a pair train together with the trials as a batch dimension: their states (parameters and
-buffers, BatchNorm statistics and queue included) are stacked, and one `torch.func.vmap` of the method's own
+buffers, BatchNorm statistics and a method's own included) are stacked, and one `torch.func.vmap` of the method's own
 forward runs them all, so there is one definition of the step. The teacher is shared, frozen, and sees each
 trial's own views; everything else stays per trial. A convolution whose weights differ per trial becomes one
 grouped convolution, a linear layer one batched matmul: bigger kernels, fewer of them.

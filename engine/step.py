@@ -1,6 +1,6 @@
 """One training step, built once for the trainer and the bench scripts: eager, compiled, graphed, streams.
 
-`train_step` is the only definition of a step: forward (a method's moving averages and enqueue included),
+`train_step` is the only definition of a step: forward (with the method's own state updates),
 backward, SGD, statistics. `build_step` wraps it as the speed settings say; the `Step` it returns owns what
 a learning-rate change needs (SGD bakes the float into a captured graph, so the graph is captured again).
 """
