@@ -21,6 +21,9 @@ FIXED = ("student_model", "teacher_model", "distill", "dataset", "n_cls", "batch
 MACHINE = ("gpu", "num_workers", "pin_memory", "print_freq", "data_folder", "download", "experiments_dir",
            "path.teacher", "path.resume", "speed.loader", "speed.cuda_graph", "speed.compile", "speed.channels_last",
            "speed.streams")
+# Machine keys a run records as this machine applied them (the CPU turns speed off, cores cap num_workers) and
+# that check() decides again from the command's request: a difference from the file is no change to report.
+DECIDED_HERE = ("num_workers", "speed")
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -36,6 +39,11 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 def _covered(key: str, names: tuple[str, ...]) -> bool:
     return any(key == n or key.startswith(n + ".") for n in names)
+
+
+def fixed_overrides(overrides: list[str], fixed: tuple[str, ...]) -> list[str]:
+    """The `key=value` overrides that set a key a resume must keep (FIXED, or the method's `fixed`)."""
+    return [item for item in overrides if _covered(item.partition("=")[0], FIXED + fixed)]
 
 
 def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrides: list[str],
@@ -57,7 +65,7 @@ def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrid
             kept.append(f"{key}={old.get(key)!r}")
         elif _covered(key, MACHINE) or key in explicit:
             merged[key] = value
-            if key != "path.resume":
+            if key != "path.resume" and (key in explicit or not _covered(key, DECIDED_HERE)):
                 changed.append(f"{key}={value!r} (was {old.get(key)!r})")
         else:
             kept.append(f"{key}={old.get(key)!r}")

@@ -26,7 +26,7 @@ from engine.machine import (
     select_device,
     set_cudnn,
 )
-from engine.resume import FolderPlan, plan_folder, resume_options
+from engine.resume import FolderPlan, fixed_overrides, plan_folder, resume_options
 from engine.step import Speed
 from engine.teacher import check_teacher_outputs, fingerprint, load_checked_teacher, resolve_teacher_model
 from engine.trainer import RunContext, Trainer, Trial
@@ -148,6 +148,11 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
         folder = experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt))
         targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
+    renamed = fixed_overrides(cmd.overrides, method_class(opt["distill"]).fixed_options)
+    if not checkpoints and renamed:  # the folder is named by what --set changed: the run it meant is elsewhere
+        raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
+                          f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
+                          "the run was trained with); to train with a new value, start a new run without --resume")
     if not checkpoints:
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           " (an interrupted first epoch saves nothing); run the command without --resume")

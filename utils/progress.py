@@ -2,6 +2,7 @@
 (a log file, CI) one line per epoch; every line also goes to each trial's train.log."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,12 +40,16 @@ class Progress:
             with open(path, "a") as f:
                 f.writelines(line + "\n" for line in self.said)
 
-    def say(self, text: str) -> None:
+    def say(self, text: str, shorter: tuple[str, ...] = ()) -> None:
+        """`text` to the screen and the logs; on a terminal narrower than `text`, the first of `shorter`
+        (richest first) that fits instead (the last, cut to the width, if none does)."""
         if self.enabled:
+            columns = self.columns() if self.tty and shorter else None
+            shown = fit_width([text, *shorter], columns) if columns else text
             if self.bar is not None:
-                self.bar.write(text, file=self.stream)  # above the bar, which stays at the bottom
+                self.bar.write(shown, file=self.stream)  # above the bar, which stays at the bottom
             else:
-                print(text, file=self.stream, flush=True)
+                print(shown, file=self.stream, flush=True)
         if not self.logs:
             self.said.append(text)
         for path in self.logs:
@@ -83,7 +88,26 @@ class Progress:
         recent = self.epoch_seconds[-5:]
         eta = (self.epochs - self.epoch) * sum(recent) / len(recent)
         for label, train, val in lines:
-            self.say(f"epoch {self.epoch}/{self.epochs}{label} lr {self.lr:g} | train loss {train['loss']:.4f} "
-                     f"top1 {train.get('acc_train_top1', 0.0):.2f}% | test loss {val['loss']:.4f} "
-                     f"top1 {val['top1']:.2f}% top5 {val['top5']:.2f}% | "
-                     f"{train['images'] / max(seconds, 1e-9):.0f} img/s {seconds:.1f}s | left {format_duration(eta)}")
+            epoch, left = f"epoch {self.epoch}/{self.epochs}{label}", f"left {format_duration(eta)}"
+            loss, top1 = f"{train['loss']:.4f}", f"{train.get('acc_train_top1', 0.0):.2f}%"
+            test = f"top1 {val['top1']:.2f}% top5 {val['top5']:.2f}%"
+            self.say(f"{epoch} lr {self.lr:g} | train loss {loss} top1 {top1} | test loss {val['loss']:.4f} {test} | "
+                     f"{train['images'] / max(seconds, 1e-9):.0f} img/s {seconds:.1f}s | {left}",
+                     shorter=(f"{epoch} lr {self.lr:g} | train loss {loss} top1 {top1} | test {test} | {left}",
+                              f"{epoch} | train loss {loss} top1 {top1} | test top1 {val['top1']:.2f}% | {left}",
+                              f"{epoch} | loss {loss} train {top1} test {val['top1']:.2f}% | {left}"))
+
+    def columns(self) -> int | None:
+        """The terminal's width; None where it cannot be told (then, as tqdm, nothing is cut to fit)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or None
+        except (OSError, AttributeError, ValueError):
+            return None
+
+
+def fit_width(variants: list[str], columns: int) -> str:
+    """The first variant shorter than the terminal (its last column left free, as tqdm does: no wrap)."""
+    for text in variants:
+        if len(text) < columns:
+            return text
+    return variants[-1][:max(columns - 1, 1)]
