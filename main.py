@@ -43,11 +43,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    from options.method_keys import method_key_names
     from options.schema import OptionsError, build_options, read_options_file
     notes: list[str] = []  # collected here only, so each is printed once (engine.config passes none)
     try:  # before importing torch: a typo in the common options is reported at once
         given = read_options_file(args.opt)
-        build_options(given, args.overrides, partial=True, notes=notes)
+        build_options(given, args.overrides, partial=method_key_names() or True, notes=notes)
     except OptionsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -165,16 +165,17 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
     return value
 
 
-def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any, partial: bool) -> None:
+def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any, partial: bool | set[str]) -> None:
     if not isinstance(given, dict):
         raise OptionsError(f"option '{where or 'file'}' must be a mapping of keys, got {show_value(given)}")
     for key, value in given.items():
         name = key if isinstance(key, str) else show_value(key)  # str() of a huge int raises
         full = f"{where}.{name}" if where else name
         if key not in schema:
-            if partial and not where:
-                continue  # a method's key: checked once the methods are known (engine.config)
-            raise OptionsError(f"unknown option '{show_name(full)}'{_closest(name, list(schema))}")
+            if partial and not where and (partial is True or key in partial):
+                continue  # perhaps a method's key: checked once the methods are known (engine.config)
+            valid = list(schema) + sorted(partial) if isinstance(partial, set) else list(schema)
+            raise OptionsError(f"unknown option '{show_name(full)}'{_closest(name, valid)}")
         node = schema[key]
         if isinstance(node, dict):
             _merge(full, node, base[key], {} if value is None else value, partial)
@@ -203,9 +204,11 @@ def _drop_derived(given: Any) -> tuple[Any, list[str]]:
 
 
 def build_options(given: dict[str, Any], overrides: Sequence[str] = (), schema: dict[str, Any] = COMMON,
-                  partial: bool = False, notes: list[str] | None = None) -> dict[str, Any]:
+                  partial: bool | set[str] = False, notes: list[str] | None = None) -> dict[str, Any]:
     """Defaults, then the file's values, then `key.sub=value` overrides; all validated against `schema`.
-    `partial` skips unknown top-level keys: the check `main.py` makes before the methods are imported.
+    `partial`: the check `main.py` makes before the methods are imported: unknown top-level keys wait for the full
+    check if they are in `partial` (the names a method may declare: options.method_keys), or all of them if it is
+    True; other unknown keys are errors at once.
     The published code's derived keys (DERIVED) in `given` are dropped; if `notes` is a list, one line
     naming them is appended to it for the caller to show (pass it in one call only, so it shows once)."""
     given, dropped = _drop_derived(given)
