@@ -237,10 +237,10 @@ def test_published_run_options_load_with_one_note(tmp_path):
 
 
 def test_published_trial_flag():
-    assert main.parse_args(["-opt", "x.yml", "-trial", "3"]).trial == 3
-    assert main.parse_args(["-opt", "x.yml", "-t", "4"]).trial == 4
-    assert main.parse_args(["-opt", "x.yml", "--trial", "5"]).trial == 5
-    assert main.parse_args(["-opt", "x.yml"]).trial == 1
+    assert main.parse_args(["-opt", "x.yml", "-trial", "3"]).trials == [3]
+    assert main.parse_args(["-opt", "x.yml", "-t", "4"]).trials == [4]
+    assert main.parse_args(["-opt", "x.yml", "--trial", "5"]).trials == [5]
+    assert main.parse_args(["-opt", "x.yml"]).trials == [1]
 
 
 # End to end: the real main.py. These fail before torch is imported, so each takes well under a second.
