@@ -175,7 +175,7 @@ def build(plan: Plan, rank: int, world: int, progress: Progress
     teacher's test accuracy: still nothing written."""
     opt, device = plan.opt, plan.device
     train_batches, test_batches = build_data(opt, plan.method_cls.n_views, device, plan.speed, len(plan.trials),
-                                             rank, world)
+                                             rank, world, plan.method_cls.min_batch)
     fmt = torch.channels_last if plan.speed.channels_last else torch.contiguous_format
     methods = []
     for trial in plan.trials:
