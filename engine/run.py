@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ from engine.resume import FolderPlan, plan_folder, resume_options
 from engine.step import Speed
 from engine.teacher import check_teacher_outputs, fingerprint, load_checked_teacher, resolve_teacher_model
 from engine.trainer import RunContext, Trainer, Trial
-from engine.trial import ResumeError, RunState, TrialPaths, experiment_folder, load_checkpoint, resume_target
+from engine.trial import (
+    ResumeError,
+    RunState,
+    TrialPaths,
+    experiment_folder,
+    load_checkpoint,
+    resume_target,
+    saved_epoch,
+)
 from engine.writing import FolderBusy, complete_resumed, lock_trials, network_summary, prepare_folder, record_run
 from models import CheckpointError, build_model, model_dict, unknown_model_message
 from options.schema import OptionsError
@@ -245,11 +254,12 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
 
 
 def interrupted_message(plan: Plan, cmd: Command) -> str:
-    saved = [t for t in plan.trials if t.paths.checkpoint.is_file()]
-    if not saved:
+    # What is on disk, not the trials' progress: Ctrl-C may land while an epoch's checkpoint is being written.
+    epochs = sorted({e for e in (saved_epoch(t.paths.checkpoint) for t in plan.trials) if e is not None})
+    if not epochs:
         return ("interrupted before the first epoch ended: nothing was saved; run the same command again to start "
                 "over")
     again = [a for a in cmd.argv if a not in ("--resume", "--replace")] + ["--resume"]
-    epochs = sorted({t.state.epoch for t in saved})
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "main.py"  # as the user named it
     return (f"interrupted; epoch {'/'.join(map(str, epochs))} is saved; continue with: "
-            f"python main.py {shlex.join(again)}")
+            f"python {shlex.join([script, *again])}")

@@ -108,7 +108,7 @@ def save_epoch(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -
 def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -> list[str]:
     """Rewrite whatever a stop after the checkpoint left behind it; returns the files rewritten."""
     fixed = []
-    if ckpt["best_epoch"] == ckpt["epoch"] and _saved_epoch(paths.best) != ckpt["epoch"]:
+    if ckpt["best_epoch"] == ckpt["epoch"] and saved_epoch(paths.best) != ckpt["epoch"]:
         _write_best(paths, ckpt)
         fixed.append(paths.best.name)
     if ckpt["epoch"] == ckpt["options"]["epochs"] and not paths.epoch_file(ckpt["epoch"]).is_file():
@@ -121,9 +121,10 @@ def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -> li
     return fixed
 
 
-def _saved_epoch(path: Path) -> int | None:
+def saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint file holds (its tensors are mapped, not read), or None."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     except Exception:  # noqa: BLE001 - missing, damaged or foreign: rewrite it
         return None
 
