@@ -33,7 +33,16 @@ from engine.trial import (
     resume_target,
     saved_epoch,
 )
-from engine.writing import FolderBusy, complete_resumed, lock_trials, network_summary, prepare_folder, record_run
+from engine.writing import (
+    FolderBusy,
+    check_unchanged,
+    complete_resumed,
+    folder_state,
+    lock_trials,
+    network_summary,
+    prepare_folder,
+    record_run,
+)
 from models import CheckpointError, build_model, model_dict, unknown_model_message
 from options.schema import OptionsError
 from utils import distributed
@@ -71,6 +80,7 @@ class Plan:
     speed: Speed = field(default_factory=Speed)
     teacher: torch.nn.Module | None = None
     teacher_fingerprint: float | None = None
+    folder_states: dict[int, Any] = field(default_factory=dict)  # what each trial folder held when planned
 
 
 def run(opt: dict[str, Any], cmd: Command) -> None:
@@ -84,6 +94,8 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
         plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
     locks = lock_trials(plan.trials) if rank == 0 else []  # the first write: another run of these trials stops here
     try:
+        if rank == 0:
+            check_unchanged(plan.trials, plan.folder_states)
         write(plan, cmd, methods[0], extra, rank, progress)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
@@ -137,7 +149,7 @@ def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) ->
     base = seed if seed is not None else distributed.broadcast_int(int.from_bytes(os.urandom(4), "little") % 2**30)
     folder = experiment_folder(opt, method_cls.experiment_name(opt))
     trials = [Trial(TrialPaths(folder / f"trial_{t}"), base + t - 1, TrialRNG(base + t - 1)) for t in cmd.trials]
-    return Plan(opt, method_cls, trials, {})
+    return Plan(opt, method_cls, trials, {}, folder_states={t.paths.number: folder_state(t.paths) for t in trials})
 
 
 def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
@@ -148,6 +160,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     else:
         folder = experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt))
         targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
+    states = {p.number: folder_state(p) for p in targets}  # before reading: a checkpoint written later shows
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
     if not checkpoints:
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
@@ -166,7 +179,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
         else:
             state = RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"])
             trials.append(Trial(paths, int(ckpt.get("seed", 0)), TrialRNG(state=ckpt["rng"]), state))
-    return Plan(run_opt, method_cls, trials, checkpoints)
+    return Plan(run_opt, method_cls, trials, checkpoints, folder_states=states)
 
 
 def _check_same_teacher(plan: Plan) -> None:
