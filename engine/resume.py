@@ -57,7 +57,7 @@ def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrid
             kept.append(f"{key}={old.get(key)!r}")
         elif _covered(key, MACHINE) or key in explicit:
             merged[key] = value
-            if key != "path.resume":
+            if key != "path.resume" and not key.startswith("speed."):  # speed: what applies here is said later
                 changed.append(f"{key}={value!r} (was {old.get(key)!r})")
         else:
             kept.append(f"{key}={old.get(key)!r}")

@@ -133,6 +133,11 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
     if opt["sync_bn"] and world == 1:
         progress.say("note: sync_bn has no effect in a single process (launch with torchrun to use several GPUs)")
     plan.speed = effective_speed(opt, plan.device, len(plan.trials), world)
+    if plan.checkpoints:  # the run recorded the speed settings that applied where it trained
+        was = next(iter(plan.checkpoints.values()))["options"].get("speed", {})
+        moved = [f"speed.{k}={v!r} (was {was.get(k)!r})" for k, v in plan.speed.as_options().items() if was.get(k) != v]
+        if moved:
+            progress.say(f"resuming with changed speed settings (they apply on a GPU only): {', '.join(moved)}")
     plan.opt = opt = {**opt, "speed": plan.speed.as_options(), "num_workers": effective_workers(opt, progress.say)}
     if method_cls.needs_teacher:
         plan.teacher = load_checked_teacher(opt)
