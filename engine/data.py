@@ -84,8 +84,9 @@ class TrainBatches:
 
 
 def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: Speed, trials: int = 1,
-               rank: int = 0, world_size: int = 1) -> tuple[TrainBatches, Any]:
-    """(training batches of `trials` trials, test batches) for the options' dataset."""
+               rank: int = 0, world_size: int = 1, min_batch: int = 1) -> tuple[TrainBatches, Any]:
+    """(training batches of `trials` trials, test batches) for the options' dataset; `min_batch`: the smallest
+    batch the method trains on."""
     workers, pin = opt["num_workers"], opt["pin_memory"] and device.type == "cuda"
     sampler = _distributed_sampler(rank, world_size) if world_size > 1 else None
     if opt["dataset"] == "imagenet":
@@ -100,6 +101,7 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: S
         return TrainBatches(loaders), test
     arrays = load_cifar100(opt["data_folder"], download=opt["download"])
     check_labels(arrays.train_labels, arrays.test_labels, opt["n_cls"])
+    check_trainable(len(arrays.train_labels), min_batch, world_size, opt["distill"])
     if speed.loader == "gpu":
         loaders = [GPULoader(arrays.train_images, arrays.train_labels, opt["batch_size"], n_views, device,
                              channels_last=speed.channels_last, rank=rank, world_size=world_size)]
@@ -131,3 +133,12 @@ def check_labels(train: torch.Tensor, test: torch.Tensor, n_cls: int) -> None:
         if top > n_cls:
             raise DataError(f"the {split} labels go up to {top - 1} but n_cls is {n_cls}; "
                             f"set n_cls: {top} or more")
+
+
+def check_trainable(images: int, min_batch: int, world_size: int, method: str) -> None:
+    """Each process must get at least one batch the method can train on (smaller ones are skipped)."""
+    each = -(-images // world_size)  # a DistributedSampler pads every share to this
+    if each < min_batch:
+        shared = f", {each} for each of {world_size} processes" if world_size > 1 else ""
+        raise DataError(f"the training split holds {images} image{'s' * (images != 1)}{shared}: distill: {method} "
+                        f"trains on batches of {min_batch} or more, so every batch would be skipped; use more images")

@@ -65,7 +65,9 @@ def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrid
             kept.append(f"{key}={old.get(key)!r}")
         elif _covered(key, MACHINE) or key in explicit:
             merged[key] = value
-            if key != "path.resume" and (key in explicit or not _covered(key, DECIDED_HERE)):
+            # Speed: what applies here is said by check(); num_workers: capped there, said there.
+            if key != "path.resume" and not key.startswith("speed.") and \
+                    (key in explicit or not _covered(key, DECIDED_HERE)):
                 changed.append(f"{key}={value!r} (was {old.get(key)!r})")
         else:
             kept.append(f"{key}={old.get(key)!r}")

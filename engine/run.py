@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,25 @@ from engine.resume import FolderPlan, fixed_overrides, plan_folder, resume_optio
 from engine.step import Speed
 from engine.teacher import check_teacher_outputs, fingerprint, load_checked_teacher, resolve_teacher_model
 from engine.trainer import RunContext, Trainer, Trial
-from engine.trial import ResumeError, RunState, TrialPaths, experiment_folder, load_checkpoint, resume_target
-from engine.writing import FolderBusy, complete_resumed, lock_trials, network_summary, prepare_folder, record_run
+from engine.trial import (
+    ResumeError,
+    RunState,
+    TrialPaths,
+    experiment_folder,
+    load_checkpoint,
+    resume_target,
+    saved_epoch,
+)
+from engine.writing import (
+    FolderBusy,
+    check_unchanged,
+    complete_resumed,
+    folder_state,
+    lock_trials,
+    network_summary,
+    prepare_folder,
+    record_run,
+)
 from models import CheckpointError, build_model, model_dict, unknown_model_message
 from options.schema import OptionsError
 from utils import distributed
@@ -69,6 +87,7 @@ class Plan:
     speed: Speed = field(default_factory=Speed)
     teacher: torch.nn.Module | None = None
     teacher_fingerprint: float | None = None
+    folder_states: dict[int, Any] = field(default_factory=dict)  # what each trial folder held when planned
 
 
 def run(opt: dict[str, Any], cmd: Command) -> None:
@@ -82,6 +101,8 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
         plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
     locks = lock_trials(plan.trials) if rank == 0 else []  # the first write: another run of these trials stops here
     try:
+        if rank == 0:
+            check_unchanged(plan.trials, plan.folder_states)
         write(plan, cmd, methods[0], extra, rank, progress)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
@@ -120,6 +141,11 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
     if opt["sync_bn"] and world == 1:
         progress.say("note: sync_bn has no effect in a single process (launch with torchrun to use several GPUs)")
     plan.speed = effective_speed(opt, plan.device, len(plan.trials), world)
+    if plan.checkpoints:  # the run recorded the speed settings that applied where it trained
+        was = next(iter(plan.checkpoints.values()))["options"].get("speed", {})
+        moved = [f"speed.{k}={v!r} (was {was.get(k)!r})" for k, v in plan.speed.as_options().items() if was.get(k) != v]
+        if moved:
+            progress.say(f"resuming with changed speed settings (they apply on a GPU only): {', '.join(moved)}")
     plan.opt = opt = {**opt, "speed": plan.speed.as_options(), "num_workers": effective_workers(opt, progress.say)}
     if method_cls.needs_teacher:
         plan.teacher = load_checked_teacher(opt)
@@ -136,7 +162,7 @@ def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) ->
     base = seed if seed is not None else distributed.broadcast_int(int.from_bytes(os.urandom(4), "little") % 2**30)
     folder = experiment_folder(opt, method_cls.experiment_name(opt))
     trials = [Trial(TrialPaths(folder / f"trial_{t}"), base + t - 1, TrialRNG(base + t - 1)) for t in cmd.trials]
-    return Plan(opt, method_cls, trials, {})
+    return Plan(opt, method_cls, trials, {}, folder_states={t.paths.number: folder_state(t.paths) for t in trials})
 
 
 def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
@@ -147,6 +173,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     else:
         folder = experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt))
         targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
+    states = {p.number: folder_state(p) for p in targets}  # before reading: a checkpoint written later shows
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
     renamed = fixed_overrides(cmd.overrides, method_class(opt["distill"]).fixed_options)
     if not checkpoints and renamed:  # the folder is named by what --set changed: the run it meant is elsewhere
@@ -170,7 +197,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
         else:
             state = RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"])
             trials.append(Trial(paths, int(ckpt.get("seed", 0)), TrialRNG(state=ckpt["rng"]), state))
-    return Plan(run_opt, method_cls, trials, checkpoints)
+    return Plan(run_opt, method_cls, trials, checkpoints, folder_states=states)
 
 
 def _check_same_teacher(plan: Plan) -> None:
@@ -188,7 +215,7 @@ def build(plan: Plan, rank: int, world: int, progress: Progress
     teacher's test accuracy: still nothing written."""
     opt, device = plan.opt, plan.device
     train_batches, test_batches = build_data(opt, plan.method_cls.n_views, device, plan.speed, len(plan.trials),
-                                             rank, world)
+                                             rank, world, plan.method_cls.min_batch)
     fmt = torch.channels_last if plan.speed.channels_last else torch.contiguous_format
     methods = []
     for trial in plan.trials:
@@ -258,11 +285,12 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
 
 
 def interrupted_message(plan: Plan, cmd: Command) -> str:
-    saved = [t for t in plan.trials if t.paths.checkpoint.is_file()]
-    if not saved:
+    # What is on disk, not the trials' progress: Ctrl-C may land while an epoch's checkpoint is being written.
+    epochs = sorted({e for e in (saved_epoch(t.paths.checkpoint) for t in plan.trials) if e is not None})
+    if not epochs:
         return ("interrupted before the first epoch ended: nothing was saved; run the same command again to start "
                 "over")
     again = [a for a in cmd.argv if a not in ("--resume", "--replace")] + ["--resume"]
-    epochs = sorted({t.state.epoch for t in saved})
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "main.py"  # as the user named it
     return (f"interrupted; epoch {'/'.join(map(str, epochs))} is saved; continue with: "
-            f"python main.py {shlex.join(again)}")
+            f"python {shlex.join([script, *again])}")

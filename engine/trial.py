@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: 
     """Rewrite whatever a stop after the checkpoint left behind it, for a run going on with `opt`; returns the
     files rewritten."""
     fixed = []
-    if ckpt["best_epoch"] == ckpt["epoch"] and _saved_epoch(paths.best) != ckpt["epoch"]:
+    if ckpt["best_epoch"] == ckpt["epoch"] and saved_epoch(paths.best) != ckpt["epoch"]:
         _write_best(paths, ckpt)
         fixed.append(paths.best.name)
     if ckpt["epoch"] == ckpt["options"]["epochs"] and not paths.epoch_file(ckpt["epoch"]).is_file():
@@ -122,9 +123,10 @@ def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: 
     return fixed
 
 
-def _saved_epoch(path: Path) -> int | None:
+def saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint file holds (its tensors are mapped, not read), or None."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     except Exception:  # noqa: BLE001 - missing, damaged or foreign: rewrite it
         return None
 
@@ -149,13 +151,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+_TRIAL_NAME = re.compile(r"trial_[1-9][0-9]*")
+
+
 def resume_target(target: str) -> TrialPaths:
     """The trial a `path.resume` names: a trial folder, or the model/checkpoint.pth inside one. A checkpoint
     anywhere else is refused: continuing it would write into some other run's folder."""
     path = Path(target)
     folder = path if path.is_dir() else path.parent.parent
+    if not _TRIAL_NAME.fullmatch(folder.name):  # ".", "..": the name of the folder they are
+        folder = folder.resolve()
     paths = TrialPaths(folder)
     if path.is_dir() or path.name == paths.checkpoint.name and path.parent.name == "model":
+        if not _TRIAL_NAME.fullmatch(folder.name):  # the trial's number (its seed) comes from the name
+            raise ResumeError(f"cannot resume from {target}: the run's folder {folder.name!r} is not named trial_N "
+                              "as a trial folder is (an archived trial: rename it trial_N first)")
         if not paths.checkpoint.is_file():
             raise ResumeError(f"nothing to resume at {target}: no model/checkpoint.pth there (an interrupted "
                               "first epoch saves nothing; start the run again)")

@@ -34,6 +34,27 @@ def lock_trials(trials: list[Trial]) -> list[FolderLock]:
     return locks
 
 
+def folder_state(paths: TrialPaths) -> tuple[Any, Any]:
+    """What a trial folder holds, as far as a run's plan depends on it: the folder itself (a rename or a new one
+    changes its inode) and the version of its checkpoint."""
+    def version(path: Any) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+    return version(paths.folder), version(paths.checkpoint)
+
+
+def check_unchanged(trials: list[Trial], planned: dict[int, tuple[Any, Any]]) -> None:
+    """Under the lock: the trial folders still hold what the run was planned on. Another process of the same
+    trials may have trained them between this run's checks and its lock (it finished in between)."""
+    for trial in trials:
+        if folder_state(trial.paths) != planned[trial.paths.number]:
+            raise FolderBusy(f"{trial.paths.folder} was written by another process while this run was starting; "
+                             "nothing was changed: run the command again to go on from what it holds now")
+
+
 def prepare_folder(plan: FolderPlan, say: Any) -> None:
     if plan.archive:
         target = archive_name(plan.paths.folder, time.strftime("%y%m%d-%H%M%S"))

@@ -15,10 +15,13 @@ import torch
 class DiskError(OSError):
     """A write that failed for want of space or permission; one line saying where and what to do."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message alone, without OSError's "[Errno N]"
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename: a stop at any moment leaves the old file whole, and a failed
-    write (a full disk) leaves no temporary file behind."""
+    """Temporary file, fsync, rename: a stop at any moment leaves the old file whole, and a failed or
+    interrupted write (a full disk, Ctrl-C) leaves no temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -27,9 +30,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             free = shutil.disk_usage(path.parent).free
             raise DiskError(err.errno, f"no space left on the device writing {path} ({len(data) / 2**20:.1f} MB, "
                                        f"{free / 2**20:.1f} MB free); free some space, then continue with --resume"

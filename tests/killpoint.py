@@ -1,0 +1,92 @@
+"""Run main.py and act at an exact point: the Nth time the process opens a given file for writing, or renames it.
+
+    python tests/killpoint.py SUFFIX N ACTION -- MAIN_ARGS...
+
+SUFFIX: the end of the path being opened for writing (e.g. `trial_1/results.json.tmp`: every file is written
+as `<name>.tmp`, then renamed), or `rename:` and the end of the path being renamed (`rename:model/
+checkpoint.pth.tmp`: the moment the file is written whole and not yet in place); N: which such event (1 = the
+first); ACTION:
+  kill         SIGKILL this process at that moment (an open: before the file exists; a rename: before the
+               file is in place): a power cut, a kill -9
+  fill:PATH    write the file PATH until its file system is full, then go on: the write that follows
+               fails for want of space
+  pause:DIR    create DIR/here, then sleep until DIR/go exists (at most 120 s), then go on: the test acts
+               meanwhile (sends SIGINT, which interrupts the sleep, or runs another process)
+
+Nothing in the project knows about this: it watches Python's "open" and "os.rename" audit events
+(sys.addaudithook), then runs main.py as `python main.py MAIN_ARGS` would (runpy, run_name "__main__").
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+MAIN = Path(__file__).resolve().parents[1] / "main.py"
+WRITE_MODES = set("wax+")
+
+
+def _fill(filler: Path) -> None:
+    """Write `filler` until its file system has no space left."""
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+        try:  # the last bytes a smaller write still takes
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+
+
+def install(suffix: str, nth: int, action: str) -> None:
+    seen = 0
+    busy = False
+    wanted = "open"
+    if suffix.startswith("rename:"):
+        wanted, suffix = "os.rename", suffix.removeprefix("rename:")  # os.replace raises "os.rename"
+
+    def hook(event: str, args: tuple) -> None:
+        nonlocal seen, busy
+        if event != wanted or busy or not isinstance(args[0], (str, bytes, os.PathLike)):
+            return
+        if event == "open" and not (isinstance(args[1], str) and WRITE_MODES & set(args[1])):
+            return
+        if not os.fsdecode(args[0]).endswith(suffix):
+            return
+        seen += 1
+        if seen != nth:
+            return
+        busy = True
+        try:
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action.startswith("fill:"):
+                _fill(Path(action.removeprefix("fill:")))
+            elif action.startswith("pause:"):
+                folder = Path(action.removeprefix("pause:"))
+                (folder / "here").touch()
+                deadline = time.time() + 120
+                while not (folder / "go").exists() and time.time() < deadline:
+                    time.sleep(0.05)
+            else:
+                raise SystemExit(f"killpoint: unknown action {action!r}")
+        finally:
+            busy = False
+
+    sys.addaudithook(hook)
+
+
+if __name__ == "__main__":
+    suffix, nth, action, sep, *main_args = sys.argv[1:]
+    assert sep == "--", "usage: killpoint.py SUFFIX N ACTION -- MAIN_ARGS..."
+    sys.path[0] = str(MAIN.parent)
+    sys.argv = [str(MAIN), *main_args]
+    install(suffix, int(nth), action)
+    runpy.run_path(str(MAIN), run_name="__main__")

@@ -1,0 +1,67 @@
+"""Several `python main.py ARGS` in one process, to check many quick refusals for one start-up's cost.
+
+    python tests/main_batch.py CASES.json RESULTS.json   (a list of argument lists; run in the caller's folder)
+
+Writes RESULTS.json (stdout is the runs' own): per case its exit status (main's return, SystemExit's code,
+or 1 with a traceback for an exception that escaped, as a real process would end), its stderr, its seconds,
+and how far it raised the process's peak memory (MB).
+Each case starts with the warning filters of a fresh process, so a warning it gives is not hidden because
+an earlier case gave it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import resource
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cases(cases: list[list[str]]) -> list[dict]:
+    sys.path.insert(0, str(ROOT))
+    import main
+    fresh = list(warnings.filters)
+    out = []
+    for argv in cases:
+        warnings.filters[:] = fresh
+        warnings._filters_mutated()  # forget which warnings were shown already
+        err = io.StringIO()
+        peak, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+        with contextlib.redirect_stderr(err):
+            try:
+                code = main.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except Exception:  # noqa: BLE001 - reported as a crash
+                traceback.print_exc()
+                code = 1
+        grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024  # ru_maxrss: KB on Linux
+        out.append({"argv": argv, "rc": code, "stderr": err.getvalue(), "seconds": time.perf_counter() - t0,
+                    "peak_growth_mb": grew})
+    return out
+
+
+if __name__ == "__main__":
+    Path(sys.argv[2]).write_text(json.dumps(run_cases(json.loads(Path(sys.argv[1]).read_text()))))
+
+
+def run_batch(cases: list[list[str]], cwd: Path, timeout: float = 600) -> list[dict]:
+    """Run `cases` in one subprocess in `cwd`; the results as run_cases gives them."""
+    import os
+    import subprocess
+    cases_file, results_file = Path(cwd) / "batch_cases.json", Path(cwd) / "batch_results.json"
+    cases_file.write_text(json.dumps(cases))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, __file__, str(cases_file), str(results_file)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(results_file.read_text())
+    cases_file.unlink()
+    results_file.unlink()
+    return results
