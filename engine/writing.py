@@ -67,7 +67,7 @@ def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, A
                      say: Any) -> None:
     fixed = repair(paths, ckpt, extra, opt)
     if fixed:
-        say(f"{paths.folder}: brought {', '.join(fixed)} up to date with the last checkpoint")
+        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint")
 
 
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],
