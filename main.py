@@ -52,13 +52,15 @@ def main(argv: list[str]) -> int:
     except OptionsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    notes = [f"note: {note}" for note in notes]
     if not args.quiet:
         for note in notes:
-            print(f"note: {note}", file=sys.stderr)
+            print(note, file=sys.stderr)
     from engine.config import build_options as build_run_options
-    from engine.run import USER_ERRORS, Command, Interrupted, run
+    from engine.plan import Command
+    from engine.run import USER_ERRORS, Interrupted, run
     from engine.trainer import TrainingDiverged
-    cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv)
+    cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv, notes)
     try:
         run(build_run_options(given, args.overrides), cmd)
     except USER_ERRORS as err:

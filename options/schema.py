@@ -58,7 +58,8 @@ DERIVED = ("trial", "path.exp_root", "path.log", "path.model", "path.state")
 # file under distiller/); `engine.config` checks a file against both.
 COMMON: dict[str, Any] = {
     "student_model": Field("resnet20", "str"),
-    "teacher_model": Field("resnet56", "str"),  # `auto`: the architecture the teacher checkpoint holds
+    # `auto` (or absent): the architecture the teacher checkpoint holds. The published files name it (resnet56).
+    "teacher_model": Field("auto", "str"),
     "gpu": Field(0, "int", *NONNEG, nullable=True),
     "dataset": Field("cifar100", "str", choices=("cifar100", "imagenet")),
     "data_folder": Field("./data_cifar100", "path"),

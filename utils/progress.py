@@ -50,6 +50,10 @@ class Progress:
                 self.bar.write(shown, file=self.stream)  # above the bar, which stays at the bottom
             else:
                 print(shown, file=self.stream, flush=True)
+        self.log(text)
+
+    def log(self, text: str) -> None:
+        """`text` to the logs only (a line the console already showed elsewhere, e.g. on stderr)."""
         if not self.logs:
             self.said.append(text)
         for path in self.logs:
@@ -59,8 +63,10 @@ class Progress:
     def start_epoch(self, epoch: int, lr: float) -> None:
         self.epoch, self.lr, self.t0 = epoch, lr, time.perf_counter()
         if self.tty:
+            # No rate or percentage fields: in 80 columns they would leave the bar itself no room.
             self.bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}", file=self.stream, leave=False,
-                            dynamic_ncols=True, unit="step", mininterval=0.5)
+                            dynamic_ncols=True, mininterval=0.5,
+                            bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
 
     def step(self) -> None:
         """One step done: host-side bookkeeping only, nothing is read from the device."""
@@ -71,7 +77,7 @@ class Progress:
         """New statistics, read from the device just now (every print_freq steps)."""
         if self.bar is not None:
             rate = stats["images"] / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"loss {stats['loss']:.4f} acc {stats.get('acc_train_top1', 0.0):.2f}% "
+            self.bar.set_postfix_str(f"loss {stats['loss']:.3f} acc {stats.get('acc_train_top1', 0.0):.1f}% "
                                      f"{rate:.0f} img/s", refresh=False)
 
     def close(self) -> None:

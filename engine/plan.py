@@ -1,0 +1,147 @@
+"""Everything a run decides before it writes anything: its options (a resume's come from its checkpoint),
+trials, device, speed settings and teacher, each checked, so that bad input stops with one line."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distiller import Distiller, method_class
+from engine.machine import check_memory, effective_speed, effective_workers, select_device, set_cudnn
+from engine.resume import FolderPlan, fixed_overrides, resume_options
+from engine.step import Speed
+from engine.teacher import fingerprint, load_checked_teacher, resolve_teacher_model
+from engine.trainer import Trial
+from engine.trial import ResumeError, RunState, TrialPaths, experiment_folder, load_checkpoint, resume_target
+from engine.writing import folder_state
+from models import model_dict, unknown_model_message
+from options.schema import OptionsError
+from utils import distributed
+from utils.files import check_writable_folder
+from utils.progress import Progress
+from utils.rng import TrialRNG
+
+
+@dataclass
+class Command:
+    """What the user asked on the command line."""
+    trials: list[int]
+    overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+    replace: bool = False
+    quiet: bool = False
+    argv: list[str] = field(default_factory=list)  # the whole command line: provenance, and the resume hint
+    notes: list[str] = field(default_factory=list)  # what main.py said reading the options file (for train.log)
+
+
+@dataclass
+class Plan:
+    """Everything decided before anything is written."""
+    opt: dict[str, Any]
+    method_cls: type[Distiller]
+    trials: list[Trial]
+    checkpoints: dict[int, dict[str, Any]]  # resumed trials: trial number -> checkpoint
+    folders: list[FolderPlan] = field(default_factory=list)  # new trials
+    device: torch.device = torch.device("cpu")
+    speed: Speed = field(default_factory=Speed)
+    teacher: torch.nn.Module | None = None
+    teacher_fingerprint: float | None = None
+    folder_states: dict[int, Any] = field(default_factory=dict)  # what each trial folder held when planned
+
+
+def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> Plan:
+    if len(cmd.trials) > 1 and world > 1:
+        raise OptionsError("several trials train together in one process; under torchrun give one trial (-t N)")
+    method_cls = method_class(opt["distill"])
+    if method_cls.needs_teacher:
+        opt = resolve_teacher_model(opt)
+    if cmd.resume or opt["path"]["resume"]:
+        plan = _resume_plan(opt, cmd, progress)
+    else:
+        plan = _new_plan(opt, method_cls, cmd)
+    opt, method_cls = plan.opt, plan.method_cls
+    method_cls.check_options(opt, world)
+    if opt["batch_size"] < method_cls.min_batch:
+        raise OptionsError(f"batch_size {opt['batch_size']} is too small for distill: {opt['distill']}, which trains "
+                           f"on batches of {method_cls.min_batch} or more; raise batch_size")
+    for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
+        if opt[key] not in model_dict:
+            raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")
+    plan.device = select_device(opt, progress.say)
+    set_cudnn(opt["seed"], plan.device)
+    if opt["sync_bn"] and plan.device.type != "cuda":
+        raise OptionsError("sync_bn needs CUDA GPUs (SyncBatchNorm); set sync_bn: false to train on the CPU")
+    if opt["sync_bn"] and world == 1:
+        progress.say("note: sync_bn has no effect in a single process (launch with torchrun to use several GPUs)")
+    plan.speed = effective_speed(opt, plan.device, len(plan.trials), world)
+    if plan.checkpoints:  # the run recorded the speed settings that applied where it trained
+        was = next(iter(plan.checkpoints.values()))["options"].get("speed", {})
+        moved = [f"speed.{k}={v!r} (was {was.get(k)!r})" for k, v in plan.speed.as_options().items() if was.get(k) != v]
+        if moved:
+            progress.say(f"resuming with changed speed settings (they apply on a GPU only): {', '.join(moved)}")
+    plan.opt = opt = {**opt, "speed": plan.speed.as_options(), "num_workers": effective_workers(opt, progress.say)}
+    if method_cls.needs_teacher:
+        plan.teacher = load_checked_teacher(opt)
+        _check_same_teacher(plan)
+    check_memory(method_cls, opt, opt["teacher_model"] if method_cls.needs_teacher else None, len(plan.trials),
+                 plan.device)
+    check_writable_folder(Path(opt["experiments_dir"]), "experiments_dir")
+    return plan
+
+
+def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> Plan:
+    # Trial t runs with seed + t - 1 (the schema keeps room below numpy's limit); without a seed, a drawn one.
+    seed = opt["seed"]
+    base = seed if seed is not None else distributed.broadcast_int(int.from_bytes(os.urandom(4), "little") % 2**30)
+    folder = experiment_folder(opt, method_cls.experiment_name(opt))
+    trials = [Trial(TrialPaths(folder / f"trial_{t}"), base + t - 1, TrialRNG(base + t - 1)) for t in cmd.trials]
+    return Plan(opt, method_cls, trials, {}, folder_states={t.paths.number: folder_state(t.paths) for t in trials})
+
+
+def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
+    if opt["path"]["resume"]:
+        if len(cmd.trials) > 1:
+            raise OptionsError("path.resume names one trial; to resume several, give -t with --resume")
+        targets = [resume_target(opt["path"]["resume"])]
+    else:
+        folder = experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt))
+        targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
+    states = {p.number: folder_state(p) for p in targets}  # before reading: a checkpoint written later shows
+    checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
+    renamed = fixed_overrides(cmd.overrides, method_class(opt["distill"]).fixed_options)
+    if not checkpoints and renamed:  # the folder is named by what --set changed: the run it meant is elsewhere
+        raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
+                          f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
+                          "the run was trained with); to train with a new value, start a new run without --resume")
+    if not checkpoints:
+        raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
+                          " (an interrupted first epoch saves nothing); run the command without --resume")
+    number, first = next(iter(checkpoints.items()))
+    method_cls = method_class(first["options"]["distill"])
+    base = int(first.get("seed", 0)) - number + 1
+    run_opt, notes = resume_options(first["options"], opt, cmd.overrides, method_cls.fixed_options)
+    for line in notes:
+        progress.say(line)
+    trials = []
+    for paths in targets:
+        ckpt = checkpoints.get(paths.number)
+        if ckpt is None:  # a trial of the group that never finished an epoch: it starts again, from its seed
+            trials.append(Trial(paths, base + paths.number - 1, TrialRNG(base + paths.number - 1)))
+        else:
+            state = RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"])
+            trials.append(Trial(paths, int(ckpt.get("seed", 0)), TrialRNG(state=ckpt["rng"]), state))
+    return Plan(run_opt, method_cls, trials, checkpoints, folder_states=states)
+
+
+def _check_same_teacher(plan: Plan) -> None:
+    plan.teacher_fingerprint = fingerprint(plan.teacher)
+    for ckpt in plan.checkpoints.values():
+        recorded = ckpt.get("teacher_fingerprint")
+        if recorded is not None and abs(recorded - plan.teacher_fingerprint) > 1e-9 * max(abs(recorded), 1.0):
+            raise ResumeError(f"the teacher {plan.opt['path']['teacher']} is not the one this run was trained with "
+                              f"(its weights differ); resume with the run's, {ckpt['options']['path']['teacher']}")
+
+
