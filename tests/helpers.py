@@ -84,7 +84,8 @@ def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 
              ) -> subprocess.CompletedProcess[str]:
     """`python main.py ARGS` as a real subprocess in `cwd` (the repository's main.py, not a copy)."""
     from conftest import ROOT
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # One thread per process: on a few shared cores, spinning OpenMP threads slow every run many times over.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
