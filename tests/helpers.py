@@ -80,12 +80,18 @@ def rel_err(ours: Tensor, ref: Tensor) -> float:
     return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
+def main_env(**extra: str) -> dict[str, str]:
+    """The environment of every main.py the tests start: no GPU, unbuffered, and one OpenMP thread per process
+    (on a few shared cores, spinning threads slow every run many times over; one thread count also keeps runs
+    that are compared bit for bit on the same summation order)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **extra}
+
+
 def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 300
              ) -> subprocess.CompletedProcess[str]:
     """`python main.py ARGS` as a real subprocess in `cwd` (the repository's main.py, not a copy)."""
     from conftest import ROOT
-    # One thread per process: on a few shared cores, spinning OpenMP threads slow every run many times over.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = main_env()
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 

@@ -53,11 +53,11 @@ if __name__ == "__main__":
 
 def run_batch(cases: list[list[str]], cwd: Path, timeout: float = 600) -> list[dict]:
     """Run `cases` in one subprocess in `cwd`; the results as run_cases gives them."""
-    import os
     import subprocess
     cases_file, results_file = Path(cwd) / "batch_cases.json", Path(cwd) / "batch_results.json"
     cases_file.write_text(json.dumps(cases))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    from helpers import main_env
+    env = main_env()
     done = subprocess.run([sys.executable, __file__, str(cases_file), str(results_file)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr

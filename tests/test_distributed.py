@@ -1,19 +1,18 @@
 """CoCoRD under torchrun on the CPU (gloo): identical ranks, a queue filled in rank order."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import ROOT
-from helpers import tiny_options, write_yaml
+from helpers import main_env, tiny_options, write_yaml
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 
 
 def torchrun(args, cwd, timeout=300):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = main_env()
     return subprocess.run(TORCHRUN + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from conftest import ROOT
-from helpers import run_main, tiny_options, write_yaml
+from helpers import main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, scalars
 
 TIMING = ("seconds", "images_per_s")
@@ -60,7 +60,7 @@ def test_killed_run_resumes_with_every_epoch_accounted_for(tmp_path, tiny_cifar,
     epochs = 4
     opt_path = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=epochs))
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "-opt", opt_path, "--quiet"], cwd=tmp_path,
-                            env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+                            env=main_env())
     ckpt = trial(tmp_path) / "model" / "checkpoint.pth"
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import run_main, tiny_options, write_yaml
+from helpers import main_env, run_main, tiny_options, write_yaml
 from main_batch import run_batch
 from test_train_e2e import COCORD_FOLDER
 
@@ -164,7 +164,7 @@ def test_a_read_only_experiments_dir_is_refused(work, tiny_teacher):
     folder.mkdir()
     args = [sys.executable, str(Path(__file__).parents[1] / "main.py"), "-opt", "opt.yml", "-t", "1",
             "--set", f"experiments_dir={folder}"]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = main_env()
     if os.geteuid() != 0:
         folder.chmod(0o555)
         done = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=60, env=env)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
-from helpers import run_main, tiny_options, write_yaml
+from helpers import main_env, run_main, tiny_options, write_yaml
 from main_batch import run_batch
 from test_train_e2e import COCORD_FOLDER, scalars
 
@@ -24,7 +24,7 @@ from dataset import make_tiny_cifar
 
 pytestmark = pytest.mark.slow
 KILLPOINT = str(ROOT / "tests" / "killpoint.py")
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+ENV = main_env()
 
 
 def at(suffix: str, nth: int, action: str, *args: str) -> list[str]:

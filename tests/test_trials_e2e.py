@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
-from helpers import run_main, tiny_options, write_yaml
+from helpers import main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, PUBLISHED_TAGS, scalars
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ runpy.run_path(sys.argv[0] if os.path.isabs(sys.argv[0]) else os.path.join(os.en
 
 def run_killed_at(target: str, count: int, args: list[str], cwd) -> int:
     """main.py, SIGKILLed the `count`-th time it opens a file ending in `target` for writing."""
-    env = {"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "", "PROJECT": str(ROOT)}
+    env = main_env(PROJECT=str(ROOT))
     done = subprocess.run([sys.executable, "-c", KILL_AT_OPEN, target, str(count), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     return done.returncode

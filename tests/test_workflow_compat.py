@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from helpers import run_main, tiny_options, write_yaml
+from helpers import main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER
 
 from engine.machine import select_device
@@ -69,7 +69,7 @@ def test_more_workers_than_cores_on_the_cpu(tmp_path, tiny_cifar):
                                                           num_workers=len(cpus) + 3))
     done = subprocess.run([sys.executable, str(ROOT / "main.py"), "-opt", opt], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, cpus),
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                          env=main_env())
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
     said = [line for line in lines(output) if "num_workers" in line]
