@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_main, save_crd_checkpoint, tiny_options, write_yaml
+from main_batch import run_batch
 
 from models import build_model
 
@@ -79,22 +80,37 @@ def resolve(value, paths):
     return paths[value[1:]] if isinstance(value, str) and value.startswith("@") else value
 
 
-@pytest.mark.parametrize("case,changes,args,words", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(workspace, tiny_cifar, tiny_teacher, case, changes, args, words):
+@pytest.fixture(scope="module")
+def refused(workspace, tiny_cifar, tiny_teacher):
+    """Every case's run, one after another in one process (main_batch: one start-up for all of them), and what
+    the experiments folder held before and after them all."""
     work, paths = workspace
-    options = tiny_options(tiny_cifar, tiny_teacher)
-    for key, value in resolve(changes, paths).items():
-        options[key] = {**options[key], **value} if isinstance(value, dict) and key in options else value
-    opt = write_yaml(work / "opt.yml", options)
+    cases = []
+    for i, (_, changes, args, _) in enumerate(CASES):
+        options = tiny_options(tiny_cifar, tiny_teacher)
+        for key, value in resolve(changes, paths).items():
+            options[key] = {**options[key], **value} if isinstance(value, dict) and key in options else value
+        cases.append(["-opt", write_yaml(work / f"opt_{i}.yml", options), "-t", "2", *args])
     before = snapshot(work / "experiments")
-    done = run_main(["-opt", opt, "-t", "2", *args], work, timeout=120)
-    assert done.returncode == 2, (case, done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    results = run_batch(cases, work)
+    return results, before, snapshot(work / "experiments")
+
+
+@pytest.mark.parametrize("case,changes,args,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(refused, workspace, case, changes, args, words):
+    results, _, _ = refused
+    done = results[[c[0] for c in CASES].index(case)]
+    assert done["rc"] == 2, (case, done["stderr"])
+    lines = done["stderr"].strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done["stderr"], done["stderr"]
     for word in words:
         assert word in lines[0], (case, lines[0])
-    assert snapshot(work / "experiments") == before, case
-    assert not (work / "PWNED").exists()
+
+
+def test_bad_inputs_write_nothing(refused, workspace):
+    _, before, after = refused
+    assert after == before  # no case wrote, renamed or archived anything
+    assert not (workspace[0] / "PWNED").exists()
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):

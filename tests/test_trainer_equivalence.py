@@ -1,8 +1,9 @@
 """The whole trainer's default fast path against its eager path, on the CPU (bench/trainer_equivalence.py).
 
-What runs here of the GPU default: torch.compile of every part and channels_last (the CUDA graph and the side
-stream need a GPU: the script checks them there), through three epochs with a learning-rate decay, a smaller
-last batch, evaluation and checkpoints on disk; float64, compared from the files the trainer wrote.
+What runs here of the GPU default: torch.compile and channels_last (the CUDA graph and the side stream need a
+GPU: the script checks them there), through three epochs with a learning-rate decay, a smaller last batch,
+evaluation and checkpoints on disk, for one trial and for a group of two; float64, compared from the files the
+trainer wrote.
 """
 import sys
 
@@ -14,8 +15,9 @@ from trainer_equivalence import compare  # noqa: E402
 
 
 @pytest.mark.slow
-def test_compiled_trainer_equals_eager_trainer():
-    result = compare("resnet8:resnet8", trials=1, images=136, batch=64, epochs=3, compile_=True)
+@pytest.mark.parametrize("trials,images", [(1, 136), (2, 128)])  # one trial (its parts compiled, and a smaller
+def test_compiled_trainer_equals_eager_trainer(trials, images):   # last batch), a group (its whole step compiled)
+    result = compare("resnet8:resnet8", trials=trials, images=images, batch=64, epochs=3, compile_=True)
     assert result["fast"]["compile"] and result["fast"]["channels_last"]
     assert result["finite"]
     assert result["max_state_rel_diff"] < 1e-10, result["worst_entry"]
