@@ -80,6 +80,11 @@ def rel_err(ours: Tensor, ref: Tensor) -> float:
     return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
+def lines(text: str) -> list[str]:
+    """A command's output, line by line, without the blank ends."""
+    return text.strip().splitlines()
+
+
 def main_env(**extra: str) -> dict[str, str]:
     """The environment of every main.py the tests start: no GPU, unbuffered, and one OpenMP thread per process
     (on a few shared cores, spinning threads slow every run many times over; one thread count also keeps runs

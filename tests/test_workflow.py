@@ -8,26 +8,13 @@ import torch
 import torchvision
 import yaml
 from conftest import ROOT
-from helpers import run_main, save_crd_checkpoint, tiny_options, write_yaml
+from helpers import lines, run_main, save_crd_checkpoint, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER
 
 from models import build_model
 
 CPU_SPEED = {"loader": "torchvision", "cuda_graph": False, "compile": False, "channels_last": False,
              "streams": False, "amp": False}
-
-
-def lines(text: str) -> list[str]:
-    return text.strip().splitlines()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Each main.py subprocess computes on one thread: on a few shared cores, threads that wait by spinning
-    make a run many times slower."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        yield
 
 
 def snapshot(trial) -> dict[str, bytes]:

@@ -9,25 +9,12 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from helpers import main_env, run_main, tiny_options, write_yaml
+from helpers import lines, main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER
 
 from engine.machine import select_device
 from main import parse_args
 from options.schema import DERIVED, OptionsError
-
-
-def lines(text: str) -> list[str]:
-    return text.strip().splitlines()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Each main.py subprocess computes on one thread: on a few shared cores, threads that wait by spinning
-    make a run many times slower."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        yield
 
 
 @pytest.mark.slow
