@@ -10,7 +10,7 @@ from conftest import ROOT
 
 MAX_LINES = 300
 # Spelled in two halves, so that this file does not itself hold what it looks for.
-FORBIDDEN_MENTIONS = ("SP" + "EC", "../" + "shared")
+FORBIDDEN_MENTIONS = ("SP" + "EC", "../" + "sha" "red")  # split: this file must not match itself
 # The maintainers' CI entry point (it names the folder CI clones beside the project); not project code.
 NOT_OURS = (".ci/",)
 
