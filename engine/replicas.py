@@ -58,8 +58,6 @@ class SingleTrial:
     def student_state(self, k: int) -> dict[str, torch.Tensor]:
         return self.method.student.state_dict()
 
-    def load_trial_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
-        self.method.load_checkpoint_state(state)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
         return optimizer.state_dict()
@@ -120,13 +118,6 @@ class StackedTrials(nn.Module):
     def student_state(self, k: int) -> dict[str, torch.Tensor]:
         return {name.removeprefix("student."): t for name, t in self.trial_state(k).items()
                 if name.startswith("student.")}
-
-    @torch.no_grad()
-    def load_trial_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
-        if set(state) != set(self.state):
-            raise KeyError(f"checkpoint does not fit this method: {sorted(set(state) ^ set(self.state))[:3]}")
-        for name, t in self.state.items():
-            t[k].copy_(state[name])
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
         """Trial k's part, as a single run's SGD would save it."""

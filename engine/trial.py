@@ -11,7 +11,6 @@ the commit. best.pth, ckpt_epoch_<epochs>.pth and results.json follow and can al
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +174,3 @@ def resume_target(target: str) -> TrialPaths:
     raise ResumeError(f"cannot resume from {target}: name a trial folder or the model/checkpoint.pth inside one "
                       "(a checkpoint elsewhere has no run folder to continue; copy the whole trial folder instead)")
 
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
