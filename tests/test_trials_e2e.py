@@ -12,27 +12,13 @@ from test_train_e2e import COCORD_FOLDER, PUBLISHED_TAGS, scalars
 
 pytestmark = pytest.mark.slow
 
-KILL_AT_OPEN = """
-import os, runpy, signal, sys
-target, count = sys.argv[1], int(sys.argv[2])
-seen = [0]
-def hook(event, args):
-    if event == "open" and isinstance(args[0], str) and args[0].endswith(target) and args[1] not in ("r", "rb", None):
-        seen[0] += 1
-        if seen[0] == count:
-            os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(hook)
-sys.argv = ["main.py"] + sys.argv[3:]
-runpy.run_path(sys.argv[0] if os.path.isabs(sys.argv[0]) else os.path.join(os.environ["PROJECT"], "main.py"),
-               run_name="__main__")
-"""
+KILLPOINT = ROOT / "tests" / "killpoint.py"
 
 
 def run_killed_at(target: str, count: int, args: list[str], cwd) -> int:
-    """main.py, SIGKILLed the `count`-th time it opens a file ending in `target` for writing."""
-    env = main_env(PROJECT=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", KILL_AT_OPEN, target, str(count), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    """main.py, SIGKILLed the `count`-th time it opens a file ending in `target` for writing (tests/killpoint.py)."""
+    done = subprocess.run([sys.executable, str(KILLPOINT), target, str(count), "kill", "--", *args], cwd=cwd,
+                          env=main_env(), capture_output=True, text=True, timeout=300)
     return done.returncode
 
 
