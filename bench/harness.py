@@ -12,8 +12,9 @@ from dataset.cifar import CifarArrays
 from distiller import CoCoRD
 from engine.config import build_options
 from engine.data import DeviceBatches, TrainBatches
+from engine.group import train_parts
 from engine.replicas import SingleTrial, StackedTrials
-from engine.step import Speed, Step, build_optimizer, build_step
+from engine.step import Speed, Step
 from models import build_model
 from utils.meter import DeviceMeter
 
@@ -61,14 +62,12 @@ def make_methods(opt: dict[str, Any], trials: int, device: torch.device, dtype: 
 
 def make_step(methods: list[CoCoRD], opt: dict[str, Any], speed: Speed, device: torch.device
               ) -> tuple[SingleTrial | StackedTrials, torch.optim.Optimizer, DeviceMeter, Step]:
-    """One trial through its method, several stacked: exactly as engine.group builds them."""
+    """One trial through its method, several stacked, and what trains them: as engine.group builds them."""
     fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
     methods = [m.to(memory_format=fmt) for m in methods]
     replicas = (SingleTrial(methods[0]) if len(methods) == 1
                 else StackedTrials.from_methods(methods, speed.channels_last))
-    optimizer = build_optimizer(replicas.trained_parameters(), opt)
-    meter = DeviceMeter(CoCoRD.accuracy_outputs, device, len(methods))
-    return replicas, optimizer, meter, build_step(replicas, optimizer, meter, speed, device, opt["batch_size"])
+    return (replicas, *train_parts(replicas, CoCoRD, opt, speed, device))
 
 
 def make_batches(arrays: CifarArrays, trials: int, speed: Speed, device: torch.device, batch: int,

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distiller import Distiller
+from utils.fingerprint import fingerprint
 from utils.meter import DeviceMeter
 
 
@@ -43,7 +44,7 @@ def check_identical(method: Distiller) -> None:
     """Every rank must hold the same replicated state; a cheap fingerprint per entry, compared."""
     state = method.replicated_state()
     names = list(state)
-    mine = torch.stack([_fingerprint(state[n]) for n in names]).to(next(method.parameters()).device)
+    mine = torch.stack([fingerprint(state[n]) for n in names]).to(next(method.parameters()).device)
     every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     for rank, theirs in enumerate(every):
@@ -51,6 +52,3 @@ def check_identical(method: Distiller) -> None:
         if differs:
             raise RuntimeError(f"ranks diverged: {', '.join(differs[:5])} differ between this rank and rank {rank}")
 
-
-def _fingerprint(t: torch.Tensor) -> torch.Tensor:
-    return (t.double() * (1 + torch.arange(t.numel(), device=t.device).view(t.shape) % 7)).sum()

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from engine.trial import ResumeError, TrialPaths, load_checkpoint
+from engine.trial import ResumeError, TrialPaths, saved_epoch
 from options.schema import OptionsError, parse_overrides
 from options.settings import flatten, result_settings
 
@@ -121,8 +121,5 @@ def _read_options(path: Path) -> dict[str, Any] | None:
 
 
 def _describe_existing(paths: TrialPaths) -> str:
-    try:
-        epoch = load_checkpoint(paths.checkpoint)["epoch"] if paths.checkpoint.is_file() else 0
-    except ResumeError:
-        epoch = None
+    epoch = saved_epoch(paths.checkpoint) if paths.checkpoint.is_file() else 0  # None: damaged
     return "a run" if epoch is None else f"a run stopped at epoch {epoch}" if epoch else "a run with no finished epoch"
