@@ -28,12 +28,14 @@ import torch
 from harness import VARIANTS, make_batches, make_methods, make_step, on_device, options, random_arrays
 
 from dataset.cifar import CifarArrays
+from engine.data import TrainBatches
+from engine.step import Step
 
 DEFAULT_PAIRS = ["resnet56:resnet20", "resnet32x4:resnet8x4", "wrn_40_2:wrn_16_2"]
 
 
 def measure(pair: str, variant: str, trials: int, arrays: CifarArrays, device: torch.device, steps: int,
-            warmup: int, batch: int, workers: int) -> dict:
+            warmup: int, batch: int, workers: int, profile: int = 0) -> dict:
     speed = on_device(VARIANTS[variant], device)
     opt = options(pair, batch)
     _, _, _, step = make_step(make_methods(opt, trials, device), opt, speed, device)
@@ -59,7 +61,43 @@ def measure(pair: str, variant: str, trials: int, arrays: CifarArrays, device: t
     result = {"images_per_s": round(trials * steps * batch / seconds, 1), "warmup_s": round(t0 - t_start, 1)}
     if device.type == "cuda":
         result["peak_mem_MB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    if profile:
+        result["profile"] = profile_steps(step, batches, batch, profile, device)
     return result
+
+
+def profile_steps(step: Step, batches: TrainBatches, batch: int, steps: int, device: torch.device,
+                  top: int = 12) -> dict:
+    """Where a step's time goes (after the timed run): kernels per step and the costliest operators, per step.
+    On a GPU the kernels' own time (CUDA graph replays included); on a CPU the operators' own time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    done = 0
+    with torch_profile(activities=activities) as prof:
+        while done < steps:
+            for views, labels in batches:
+                if labels.shape[-1] == batch:
+                    step(views, labels)
+                    done += 1
+                if done == steps:
+                    break
+        if gpu:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    if gpu:
+        timed = [e for e in events if e.self_device_time_total > 0]
+        own = {e.key: e.self_device_time_total for e in timed}
+        kernels = sum(e.count for e in timed if e.device_type.name == "CUDA")
+    else:
+        own = {e.key: e.self_cpu_time_total for e in events if e.self_cpu_time_total > 0}
+        kernels = sum(e.count for e in events if e.key.startswith("aten::"))
+    count = {e.key: e.count for e in events}
+    ranked = sorted(own, key=own.get, reverse=True)[:top]
+    return {"steps": steps, "kernels_per_step": round(kernels / steps, 1),
+            "ms_per_step": round(sum(own.values()) / steps / 1000, 3),
+            "top": [[key[:90], round(own[key] / steps / 1000, 4), round(count[key] / steps, 1)] for key in ranked]}
 
 
 def main() -> None:
@@ -75,6 +113,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="images per step and trial")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--images", type=int, default=None, help="dataset size (default 50000 GPU, 512 CPU)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after each timed run, profile this many steps: kernels per step, costliest kernels")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -91,9 +131,12 @@ def main() -> None:
             line["group_variant"] = group_variant
         for key, variant, trials in runs:
             try:
-                line[key] = measure(pair, variant, trials, arrays, device, steps, warmup, args.batch, args.workers)
+                line[key] = measure(pair, variant, trials, arrays, device, steps, warmup, args.batch, args.workers,
+                                    args.profile)
             except Exception as err:  # noqa: BLE001 - report and go on to the next measurement
                 line[key] = {"error": f"{type(err).__name__}: {err}"[:300]}
+            # each measurement as soon as it is done: a run stopped by a time limit keeps what it measured
+            print(json.dumps({"pair": pair, "run": key, **line[key]}), flush=True)
         rates = {k: line[k]["images_per_s"] for k, _, _ in runs if "images_per_s" in line.get(k, {})}
         if "eager" in rates and len(rates) > 1:
             best = max((k for k in rates if not k.startswith("trials_")), key=rates.get)

@@ -34,3 +34,22 @@ def test_speed_bench_runs_on_the_cpu():
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["pair"] == "resnet8:resnet8"
     assert line["eager"]["images_per_s"] > 0 and line["eager_gpu"]["images_per_s"] > 0
+
+
+def test_speed_bench_trials_and_profile():
+    """`--trials 1 2 --profile 1`: a line per measurement as soon as it is done, then the pair's line with the
+    group's images/s relative to one trial, and where each step's time went."""
+    import json
+    import subprocess
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--pairs", "resnet8:resnet8",
+                           "--trials", "1", "2", "--profile", "1", "--steps", "2", "--warmup", "1", "--batch", "8",
+                           "--images", "64", "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    assert [x.get("run") for x in lines] == ["trials_1", "trials_2", None]
+    pair = lines[-1]
+    assert set(pair["trials_speedup_vs_1"]) == {"trials_1", "trials_2"}
+    for key in ("trials_1", "trials_2"):
+        profile = pair[key]["profile"]
+        assert profile["kernels_per_step"] > 0 and profile["ms_per_step"] > 0
+        assert len(profile["top"]) > 0 and all(len(row) == 3 for row in profile["top"])
