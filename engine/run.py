@@ -55,7 +55,9 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
     plan = check(opt, cmd, world, progress)
     train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed,
                                              len(plan.trials), rank, world, plan.method_cls.min_batch)
-    if not plan.checkpoints:  # the last check: what the trial folders hold now
+    # The last check, what the trial folders hold now, is the writing process's alone: another rank may look only
+    # after rank 0 has begun to write them, and would take its half-made folder for someone else's run.
+    if not plan.checkpoints and rank == 0:
         plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
     methods, extra = build(plan, test_batches, world, progress)
     locks = lock_trials(plan.trials) if rank == 0 else []  # the first write: another run of these trials stops here

@@ -10,7 +10,7 @@ import torch
 from engine.resume import FolderPlan
 from engine.trainer import Trial
 from engine.trial import TrialPaths, repair
-from options.schema import dump_options
+from options.schema import options_text
 from utils.files import FolderLock, LockError, archive_name, atomic_write_text
 from utils.provenance import session
 
@@ -74,7 +74,7 @@ def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: 
                seed: int, summary: str) -> None:
     """options.yml (the options as they run, speed settings as they apply here), run.json (one entry per start or
     resume: command, code, libraries, machine) and the network summary."""
-    dump_options(opt, paths.options)
+    atomic_write_text(paths.options, options_text(opt))
     sessions = []
     if paths.provenance.is_file():
         try:

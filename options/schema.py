@@ -273,6 +273,7 @@ def read_options_file(path: str | Path) -> dict[str, Any]:
     return given
 
 
-def dump_options(opt: dict[str, Any], path: Path) -> None:
-    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+def options_text(opt: dict[str, Any]) -> str:
+    """The options as an options file (YAML) holds them."""
+    return yaml.safe_dump(opt, sort_keys=False)
 

@@ -1,17 +1,20 @@
 """Run main.py and act at an exact point: the Nth time the process opens a given file for writing, or renames it.
 
-    python tests/killpoint.py SUFFIX N ACTION -- MAIN_ARGS...
+    python tests/killpoint.py SUFFIX N ACTION [SUFFIX N ACTION ...] -- MAIN_ARGS...
 
 SUFFIX: the end of the path being opened for writing (e.g. `trial_1/results.json.tmp`: every file is written
 as `<name>.tmp`, then renamed), or `rename:` and the end of the path being renamed (`rename:model/
-checkpoint.pth.tmp`: the moment the file is written whole and not yet in place); N: which such event (1 = the
-first); ACTION:
+checkpoint.pth.tmp`: the moment the file is written whole and not yet in place), or `read:` and the end of a
+path being opened for reading; N: which such event (1 = the first); ACTION:
   kill         SIGKILL this process at that moment (an open: before the file exists; a rename: before the
                file is in place): a power cut, a kill -9
   fill:PATH    write the file PATH until its file system is full, then go on: the write that follows
                fails for want of space
   pause:DIR    create DIR/here, then sleep until DIR/go exists (at most 120 s), then go on: the test acts
                meanwhile (sends SIGINT, which interrupts the sleep, or runs another process)
+  sleep:SECONDS  wait that long, then go on: this process falls behind the others of a torchrun group
+
+Under torchrun every process installs the hooks; `ACTION@R` acts in rank R alone (e.g. `sleep:2@1`).
 
 Nothing in the project knows about this: it watches Python's "open" and "os.rename" audit events
 (sys.addaudithook), then runs main.py as `python main.py MAIN_ARGS` would (runpy, run_name "__main__").
@@ -48,15 +51,20 @@ def _fill(filler: Path) -> None:
 def install(suffix: str, nth: int, action: str) -> None:
     seen = 0
     busy = False
-    wanted = "open"
+    wanted, modes = "open", WRITE_MODES
     if suffix.startswith("rename:"):
         wanted, suffix = "os.rename", suffix.removeprefix("rename:")  # os.replace raises "os.rename"
+    elif suffix.startswith("read:"):
+        modes, suffix = {"r"}, suffix.removeprefix("read:")
+    action, _, rank = action.partition("@")
+    if rank and os.environ.get("RANK", "0") != rank:
+        return
 
     def hook(event: str, args: tuple) -> None:
         nonlocal seen, busy
         if event != wanted or busy or not isinstance(args[0], (str, bytes, os.PathLike)):
             return
-        if event == "open" and not (isinstance(args[1], str) and WRITE_MODES & set(args[1])):
+        if event == "open" and not (isinstance(args[1], str) and modes & set(args[1])):
             return
         if not os.fsdecode(args[0]).endswith(suffix):
             return
@@ -75,6 +83,8 @@ def install(suffix: str, nth: int, action: str) -> None:
                 deadline = time.time() + 120
                 while not (folder / "go").exists() and time.time() < deadline:
                     time.sleep(0.05)
+            elif action.startswith("sleep:"):
+                time.sleep(float(action.removeprefix("sleep:")))
             else:
                 raise SystemExit(f"killpoint: unknown action {action!r}")
         finally:
@@ -84,9 +94,12 @@ def install(suffix: str, nth: int, action: str) -> None:
 
 
 if __name__ == "__main__":
-    suffix, nth, action, sep, *main_args = sys.argv[1:]
-    assert sep == "--", "usage: killpoint.py SUFFIX N ACTION -- MAIN_ARGS..."
+    args = sys.argv[1:]
+    sep = args.index("--") if "--" in args else -1
+    specs, main_args = args[:sep], args[sep + 1:]
+    assert sep > 0 and len(specs) % 3 == 0, "usage: killpoint.py SUFFIX N ACTION [SUFFIX N ACTION ...] -- MAIN_ARGS..."
     sys.path[0] = str(MAIN.parent)
     sys.argv = [str(MAIN), *main_args]
-    install(suffix, int(nth), action)
+    for i in range(0, len(specs), 3):
+        install(specs[i], int(specs[i + 1]), specs[i + 2])
     runpy.run_path(str(MAIN), run_name="__main__")

@@ -57,3 +57,17 @@ def test_main_under_torchrun_trains_and_resumes(tmp_path, tiny_cifar, tiny_teach
     assert results["finished"] and [h["epoch"] for h in results["history"]] == [1, 2]
     assert results["history"][0]["images"] == 100  # both ranks' halves of the 100 training images
     assert torch.load(trial / "model" / "checkpoint.pth", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_a_rank_that_falls_behind_does_not_mistake_rank_0s_files_for_another_run(tmp_path, tiny_cifar, tiny_teacher):
+    """Rank 1 reads its data late while rank 0, with no teacher to evaluate and so nothing to wait for, has made
+    the trial folder and not yet written its options. Only the writing process may judge what a folder holds:
+    otherwise rank 1 takes rank 0's half-made folder for another run and refuses it."""
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, batch_size=8, epochs=1,
+                                                        distill="none"))
+    done = torchrun([str(ROOT / "tests" / "killpoint.py"), "read:cifar-100-python/train", "1", "sleep:2@1",
+                     "trial_1/options.yml.tmp", "1", "sleep:6@0", "--", "-opt", opt], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trial = tmp_path / "experiments" / "resnet8_cifar100_vanilla" / "trial_1"
+    assert json.loads((trial / "results.json").read_text())["finished"]
