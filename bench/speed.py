@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 
 import torch
 from harness import VARIANTS, make_batches, make_methods, make_step, on_device, options, random_arrays
@@ -35,7 +36,10 @@ DEFAULT_PAIRS = ["resnet56:resnet20", "resnet32x4:resnet8x4", "wrn_40_2:wrn_16_2
 
 
 def measure(pair: str, variant: str, trials: int, arrays: CifarArrays, device: torch.device, steps: int,
-            warmup: int, batch: int, workers: int, profile: int = 0) -> dict:
+            warmup: int, batch: int, workers: int, profile: int = 0,
+            report: Callable[[dict], None] = lambda part: None) -> dict:
+    """images/s of `trials` trials of `variant` after warm-up; `report` gets the timing as soon as it is done,
+    then (with `profile` steps) where a step's time goes: a profiler that hangs cannot take the timing with it."""
     speed = on_device(VARIANTS[variant], device)
     opt = options(pair, batch)
     _, _, _, step = make_step(make_methods(opt, trials, device), opt, speed, device)
@@ -61,8 +65,10 @@ def measure(pair: str, variant: str, trials: int, arrays: CifarArrays, device: t
     result = {"images_per_s": round(trials * steps * batch / seconds, 1), "warmup_s": round(t0 - t_start, 1)}
     if device.type == "cuda":
         result["peak_mem_MB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    report(result)
     if profile:
         result["profile"] = profile_steps(step, batches, batch, profile, device)
+        report({"profile": result["profile"]})
     return result
 
 
@@ -130,13 +136,15 @@ def main() -> None:
         if args.trials:
             line["group_variant"] = group_variant
         for key, variant, trials in runs:
+            # each measurement as soon as it is done: a run stopped by a time limit keeps what it measured
+            def report(part: dict, key: str = key, pair: str = pair) -> None:
+                print(json.dumps({"pair": pair, "run": key, **part}), flush=True)
             try:
                 line[key] = measure(pair, variant, trials, arrays, device, steps, warmup, args.batch, args.workers,
-                                    args.profile)
+                                    args.profile, report)
             except Exception as err:  # noqa: BLE001 - report and go on to the next measurement
                 line[key] = {"error": f"{type(err).__name__}: {err}"[:300]}
-            # each measurement as soon as it is done: a run stopped by a time limit keeps what it measured
-            print(json.dumps({"pair": pair, "run": key, **line[key]}), flush=True)
+                report(line[key])
         rates = {k: line[k]["images_per_s"] for k, _, _ in runs if "images_per_s" in line.get(k, {})}
         if "eager" in rates and len(rates) > 1:
             best = max((k for k in rates if not k.startswith("trials_")), key=rates.get)

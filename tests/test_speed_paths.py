@@ -46,7 +46,9 @@ def test_speed_bench_trials_and_profile():
                            "--images", "64", "--workers", "0"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
-    assert [x.get("run") for x in lines] == ["trials_1", "trials_2", None]
+    # each run's timing, then its profile, as soon as each is known; the pair's line last
+    assert [(x.get("run"), "profile" in x) for x in lines] == [("trials_1", False), ("trials_1", True),
+                                                               ("trials_2", False), ("trials_2", True), (None, False)]
     pair = lines[-1]
     assert set(pair["trials_speedup_vs_1"]) == {"trials_1", "trials_2"}
     for key in ("trials_1", "trials_2"):
