@@ -44,7 +44,8 @@ PY
 for path in sorted(glob.glob(sys.argv[1] + '/exp/*/trial_*/results.json')):
     r = json.load(open(path))
     print(json.dumps({**{k: r[k] for k in ('trial', 'finished', 'best_acc', 'last_acc')},
-                      'images_per_s': [h['images_per_s'] for h in r['history']]}))" "$work" | tee -a "$out/steps.jsonl"
+                      **{key: [h[key] for h in r['history']] for key in ('images_per_s', 'seconds', 'test_seconds')}}))" \
+      "$work" | tee -a "$out/steps.jsonl"
   # the whole default trainer (compile, graph re-captured after the lr decay, eager last batch) against eager
   step 180 trainer_equivalence $py bench/trainer_equivalence.py --pair resnet56:resnet20
 fi

@@ -95,7 +95,7 @@ def compare(pair: str = "resnet14:resnet8", trials: int = 1, device: str = "cpu"
             ha, hb = (json.loads(p.results.read_text())["history"] for p in (a, b))
             for ea, eb in zip(ha, hb, strict=True):
                 for key, value in eb.items():
-                    if isinstance(value, float) and key not in ("seconds", "images_per_s"):
+                    if isinstance(value, float) and key not in ("seconds", "test_seconds", "images_per_s"):
                         d = abs(ea[key] - value) / max(abs(value), 1e-12)
                         worst[f"history.{key}"] = max(worst.get(f"history.{key}", 0.0), d)
     state = {k: v for k, v in worst.items() if not k.startswith(("history.", "momentum."))}

@@ -102,6 +102,7 @@ class Trainer:
         stats = group.meter.read()
         seconds = time.perf_counter() - t0
         vals = evaluate_trials(group.replicas.students(), self.test_batches, self.run.reduce_eval)
+        test_seconds = time.perf_counter() - t0 - seconds  # evaluate_trials ends with a host read
         progress.close()
         lines = []
         for k, trial in enumerate(group.trials):
@@ -112,7 +113,7 @@ class Trainer:
             if problem is not None:
                 self._stop(trial, problem)
                 continue
-            self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], seconds)
+            self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], (seconds, test_seconds))
             lines.append(("" if len(self.trials) == 1 else f" {trial.label}", stats[k], vals[k]))
         progress.end_epoch(lines)
 
@@ -141,12 +142,14 @@ class Trainer:
             self.run.progress.say(f"error: {trial.diverged}; the other trials go on")
 
     def _finish_epoch(self, trial: Trial, group: Group, k: int, method_state: dict[str, torch.Tensor], epoch: int,
-                      lr: float, train: dict[str, Any], val: dict[str, float], seconds: float) -> None:
+                      lr: float, train: dict[str, Any], val: dict[str, float], times: tuple[float, float]) -> None:
+        seconds, test_seconds = times
         state = trial.state
         state.epoch = epoch
         if val["top1"] > state.best_acc or state.best_epoch == 0:
             state.best_acc, state.best_epoch = val["top1"], epoch
         state.history.append({"epoch": epoch, "lr": lr, "seconds": round(seconds, 3),
+                              "test_seconds": round(test_seconds, 3),
                               "images_per_s": round(train["images"] / max(seconds, 1e-9), 1),
                               **{key: v for key, v in train.items() if key != "bad"},
                               "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})

@@ -11,7 +11,7 @@ from conftest import ROOT
 from helpers import main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, scalars
 
-TIMING = ("seconds", "images_per_s")
+TIMING = ("seconds", "test_seconds", "images_per_s")
 
 
 def trial(work: Path) -> Path:

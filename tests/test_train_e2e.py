@@ -63,6 +63,7 @@ def test_checkpoints_and_results(distilled):
     assert results["last_acc"] == history[-1]["val_top1"] and results["last_epoch"] == 2
     assert torch.load(trial / "model/best.pth", weights_only=True)["epoch"] == results["best_epoch"]
     assert [h["lr"] for h in history] == [0.05, pytest.approx(0.005)]
+    assert all(h["seconds"] > 0 and h["test_seconds"] > 0 for h in history)  # training and testing, timed apart
     # A student we trained loads as a teacher, as any CRD checkpoint does.
     load_teacher(str(trial / "model/best.pth"), "resnet8", 10)
 
