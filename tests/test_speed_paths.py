@@ -53,5 +53,5 @@ def test_speed_bench_trials_and_profile():
     assert set(pair["trials_speedup_vs_1"]) == {"trials_1", "trials_2"}
     for key in ("trials_1", "trials_2"):
         profile = pair[key]["profile"]
-        assert profile["kernels_per_step"] > 0 and profile["ms_per_step"] > 0
+        assert profile["ops_per_step"] > 0 and profile["ms_per_step"] > 0
         assert len(profile["top"]) > 0 and all(len(row) == 3 for row in profile["top"])
