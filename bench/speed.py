@@ -4,6 +4,7 @@ several trials trained together against one.
     python bench/speed.py                                   # the three issue pairs, on the GPU if there is one
     python bench/speed.py --pairs resnet56:resnet20 --variants eager fast fast_compile
     python bench/speed.py --pairs resnet56:resnet20 --trials 1 2 5   # trials as a batch, fast_compile
+    python bench/speed.py --pairs resnet56:resnet20 --trials 1 5 --profile 10   # and where a step's time goes
 
 Every measurement runs in this one process, on the same card, after warm-up, with a random teacher (speed does
 not depend on the weights) on random uint8 data of CIFAR's size, through the trainer's own step (engine.step:
@@ -15,7 +16,9 @@ statistics included). Variants (bench/harness.py):
   fast_compile   fast + torch.compile of every module (main.py's default on a GPU)
 With --trials, each N is trained as one group (trials stacked, engine/replicas.py) with --group-variant, beside
 one trial of that variant: aggregate images/s (N trials x batch per step), its ratio to one trial, peak memory.
-One JSON line per pair. On a CPU it is a smoke test (few steps, small data).
+With --profile N, N more steps of each run go through torch.profiler: operators per step and the costliest ones.
+A JSON line per measurement as soon as it is done, then one per pair. On a CPU it is a smoke test (few steps,
+small data).
 """
 from __future__ import annotations
 
