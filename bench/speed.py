@@ -26,7 +26,8 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 import torch
 from harness import VARIANTS, make_batches, make_methods, make_step, on_device, options, random_arrays
@@ -36,6 +37,7 @@ from engine.data import TrainBatches
 from engine.step import Step
 
 DEFAULT_PAIRS = ["resnet56:resnet20", "resnet32x4:resnet8x4", "wrn_40_2:wrn_16_2"]
+Stream = Iterator[tuple[list[torch.Tensor], torch.Tensor]]  # (views, labels), one training step's batch each
 
 
 def measure(pair: str, variant: str, trials: int, arrays: CifarArrays, device: torch.device, steps: int,
@@ -50,19 +52,14 @@ def measure(pair: str, variant: str, trials: int, arrays: CifarArrays, device: t
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    done, t0, t_start = 0, 0.0, time.perf_counter()
-    while done < warmup + steps:
-        batches.set_epoch([done + k for k in range(trials)])
-        for views, labels in batches:
-            if labels.shape[-1] != batch:
-                continue  # full batches only: the measured rate is the steady state
-            step(views, labels)
-            done += 1
-            if done == warmup:
-                sync()
-                t0 = time.perf_counter()
-            if done == warmup + steps:
-                break
+    stream = full_batches(batches, batch, trials)
+    t_start = time.perf_counter()
+    for views, labels in islice(stream, warmup):
+        step(views, labels)
+    sync()
+    t0 = time.perf_counter()
+    for views, labels in islice(stream, steps):
+        step(views, labels)
     sync()
     seconds = time.perf_counter() - t0
     result = {"images_per_s": round(trials * steps * batch / seconds, 1), "warmup_s": round(t0 - t_start, 1)}
@@ -71,30 +68,34 @@ def measure(pair: str, variant: str, trials: int, arrays: CifarArrays, device: t
     report(result)
     if profile:
         try:
-            result["profile"] = profile_steps(step, batches, batch, profile, device)
+            result["profile"] = profile_steps(step, stream, profile, device)
         except Exception as err:  # noqa: BLE001 - the timing stands without it
             result["profile"] = {"error": f"{type(err).__name__}: {err}"[:300]}
         report({"profile": result["profile"]})
     return result
 
 
-def profile_steps(step: Step, batches: TrainBatches, batch: int, steps: int, device: torch.device,
-                  top: int = 12) -> dict:
+def full_batches(batches: TrainBatches, batch: int, trials: int) -> Stream:
+    """Full batches only (the measured rate is the steady state), epoch after epoch, without end."""
+    done = 0
+    while True:
+        batches.set_epoch([done + k for k in range(trials)])
+        for views, labels in batches:
+            if labels.shape[-1] == batch:
+                done += 1
+                yield views, labels
+
+
+def profile_steps(step: Step, stream: Stream, steps: int, device: torch.device, top: int = 12) -> dict:
     """Where a step's time goes (after the timed run), per step: `ops_per_step` (on a GPU the kernels, CUDA graph
     replays included; on a CPU the aten operators, nested ones too) and the costliest of them by their own time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    done = 0
     with torch_profile(activities=activities) as prof:
-        while done < steps:
-            for views, labels in batches:
-                if labels.shape[-1] == batch:
-                    step(views, labels)
-                    done += 1
-                if done == steps:
-                    break
+        for views, labels in islice(stream, steps):
+            step(views, labels)
         if gpu:
             torch.cuda.synchronize(device)
     events = prof.key_averages()
