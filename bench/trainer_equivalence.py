@@ -27,7 +27,7 @@ from dataset import GPULoader, GPUTestLoader
 from engine.data import TrainBatches
 from engine.group import group_builder
 from engine.step import Speed
-from engine.trainer import RunContext, Trainer, Trial
+from engine.trainer import TIMING_KEYS, RunContext, Trainer, Trial
 from engine.trial import TrialPaths
 from utils.progress import Progress
 from utils.rng import TrialRNG
@@ -95,7 +95,7 @@ def compare(pair: str = "resnet14:resnet8", trials: int = 1, device: str = "cpu"
             ha, hb = (json.loads(p.results.read_text())["history"] for p in (a, b))
             for ea, eb in zip(ha, hb, strict=True):
                 for key, value in eb.items():
-                    if isinstance(value, float) and key not in ("seconds", "test_seconds", "images_per_s"):
+                    if isinstance(value, float) and key not in TIMING_KEYS:
                         d = abs(ea[key] - value) / max(abs(value), 1e-12)
                         worst[f"history.{key}"] = max(worst.get(f"history.{key}", 0.0), d)
     state = {k: v for k, v in worst.items() if not k.startswith(("history.", "momentum."))}

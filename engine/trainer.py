@@ -20,6 +20,8 @@ from engine.trial import RunState, TrialPaths, make_checkpoint, save_epoch
 from utils.progress import Progress
 from utils.rng import TrialRNG
 
+TIMING_KEYS = ("seconds", "test_seconds", "images_per_s")  # an epoch's history entries that measure the machine
+
 
 class TrainingDiverged(RuntimeError):
     """A trial's loss stopped being finite; the message names the trial, the term, the epoch and the step."""
@@ -100,9 +102,9 @@ class Trainer:
                 self._check_running(group, stats, epoch)
         group.replicas.end_epoch(group.meter)
         stats = group.meter.read()
-        seconds = time.perf_counter() - t0
+        t_test = time.perf_counter()
         vals = evaluate_trials(group.replicas.students(), self.test_batches, self.run.reduce_eval)
-        test_seconds = time.perf_counter() - t0 - seconds  # evaluate_trials ends with a host read
+        times = (t_test - t0, time.perf_counter() - t_test)  # training, testing (which ends with a host read)
         progress.close()
         lines = []
         for k, trial in enumerate(group.trials):
@@ -113,7 +115,7 @@ class Trainer:
             if problem is not None:
                 self._stop(trial, problem)
                 continue
-            self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], (seconds, test_seconds))
+            self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], times)
             lines.append(("" if len(self.trials) == 1 else f" {trial.label}", stats[k], vals[k]))
         progress.end_epoch(lines)
 

@@ -11,7 +11,7 @@ from conftest import ROOT
 from helpers import main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, scalars
 
-TIMING = ("seconds", "test_seconds", "images_per_s")
+from engine.trainer import TIMING_KEYS
 
 
 def trial(work: Path) -> Path:
@@ -30,7 +30,7 @@ def assert_same_state(a: dict, b: dict, where: str) -> None:
 
 
 def without_timing(results: dict) -> dict:
-    return {**results, "history": [{k: v for k, v in h.items() if k not in TIMING} for h in results["history"]]}
+    return {**results, "history": [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in results["history"]]}
 
 
 def test_resume_equals_a_straight_run(tmp_path, tiny_cifar, tiny_teacher):
