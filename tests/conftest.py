@@ -23,11 +23,5 @@ def tiny_cifar(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> str:
     """A resnet8 with 10 classes saved in CRD's checkpoint layout (random weights)."""
-    import torch
-    from helpers import save_crd_checkpoint
-
-    from models import build_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth"
-    save_crd_checkpoint(build_model("resnet8", 10), path)
-    return str(path)
+    from helpers import save_random_teacher
+    return save_random_teacher(tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth", "resnet8", seed=0)

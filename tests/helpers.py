@@ -74,6 +74,14 @@ def save_crd_checkpoint(model: nn.Module, path: str | os.PathLike[str], epoch: i
     )
 
 
+def save_random_teacher(path: str | os.PathLike[str], arch: str, seed: int) -> str:
+    """A seeded, randomly initialised `arch` with 10 classes, saved in CRD's checkpoint layout."""
+    from models import build_model
+    torch.manual_seed(seed)
+    save_crd_checkpoint(build_model(arch, 10), path)
+    return str(path)
+
+
 def rel_err(ours: Tensor, ref: Tensor) -> float:
     """max|ours - ref| / max|ref|, the fixtures' per-tensor comparison (in float64)."""
     ours, ref = torch.as_tensor(ours).detach().double(), torch.as_tensor(ref).double()

@@ -201,11 +201,18 @@ def test_wrong_class_count_is_named(tmp_path):
         load_teacher(path, "resnet20", 100)
 
 
-def test_no_zoo_match_shows_keys(tmp_path):
+def _save_matching_no_model(path: Path) -> dict[str, torch.Tensor]:
+    """Saves (and returns) a resnet8 state dict less `fc.bias` and plus `extra.weight`: keys no model of the zoo
+    has."""
     sd = build_model("resnet8").state_dict()
     sd.pop("fc.bias")
     sd["extra.weight"] = torch.zeros(3)
-    torch.save(sd, tmp_path / "odd.pth")
+    torch.save(sd, path)
+    return sd
+
+
+def test_no_zoo_match_shows_keys(tmp_path):
+    _save_matching_no_model(tmp_path / "odd.pth")
     with pytest.raises(CheckpointError) as err:
         load_teacher(tmp_path / "odd.pth", "resnet8", 100)
     msg = one_line(err)
@@ -451,10 +458,7 @@ def test_detect_architecture_wrong_class_count(tmp_path):
 
 
 def test_detect_architecture_no_match_says_what_it_is(tmp_path):
-    sd = build_model("resnet8").state_dict()
-    sd.pop("fc.bias")
-    sd["extra.weight"] = torch.zeros(3)
-    torch.save(sd, tmp_path / "odd.pth")
+    sd = _save_matching_no_model(tmp_path / "odd.pth")
     with pytest.raises(CheckpointError) as err:
         detect_architecture(tmp_path / "odd.pth", 100)
     msg = one_line(err)

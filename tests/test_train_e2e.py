@@ -1,5 +1,6 @@
 """`main.py` as users run it: a real subprocess on real-format data, real files read back."""
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,20 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.fixture(scope="module")
-def distilled(tmp_path_factory, tiny_cifar, tiny_teacher):
-    work = tmp_path_factory.mktemp("run")
+def tiny_cocord_run(work: Path, tiny_cifar: str, tiny_teacher: str) -> tuple[str, subprocess.CompletedProcess, Path]:
+    """`main.py -t 1` with the tiny CoCoRD options, in `work`: (its options file, the finished process, the trial
+    folder)."""
     opt = write_yaml(work / "opt.yml", tiny_options(tiny_cifar, tiny_teacher))
     done = run_main(["-opt", opt, "-t", "1"], work)
     assert done.returncode == 0, done.stderr
-    return work, done, work / "experiments" / COCORD_FOLDER / "trial_1"
+    return opt, done, work / "experiments" / COCORD_FOLDER / "trial_1"
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory, tiny_cifar, tiny_teacher):
+    work = tmp_path_factory.mktemp("run")
+    _, done, trial = tiny_cocord_run(work, tiny_cifar, tiny_teacher)
+    return work, done, trial
 
 
 def test_run_leaves_the_published_folder(distilled):

@@ -8,10 +8,8 @@ import torch
 import torchvision
 import yaml
 from conftest import ROOT
-from helpers import lines, run_main, save_crd_checkpoint, tiny_options, write_yaml
-from test_train_e2e import COCORD_FOLDER
-
-from models import build_model
+from helpers import lines, run_main, save_random_teacher, tiny_options, write_yaml
+from test_train_e2e import COCORD_FOLDER, tiny_cocord_run
 
 CPU_SPEED = {"loader": "torchvision", "cuda_graph": False, "compile": False, "channels_last": False,
              "streams": False, "amp": False}
@@ -24,10 +22,7 @@ def snapshot(trial) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, tiny_cifar, tiny_teacher):
     work = tmp_path_factory.mktemp("workflow")
-    opt = write_yaml(work / "opt.yml", tiny_options(tiny_cifar, tiny_teacher))
-    done = run_main(["-opt", opt, "-t", "1"], work)
-    assert done.returncode == 0, done.stderr
-    return work, opt, done, work / "experiments" / COCORD_FOLDER / "trial_1"
+    return work, *tiny_cocord_run(work, tiny_cifar, tiny_teacher)
 
 
 @pytest.mark.slow
@@ -114,10 +109,7 @@ def test_resume_keeps_the_run_as_it_was(tmp_path, tiny_cifar, tiny_teacher):
 
 @pytest.fixture(scope="module")
 def resnet14_teacher(tmp_path_factory) -> str:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher14") / "ckpt_epoch_240.pth"
-    save_crd_checkpoint(build_model("resnet14", 10), path)
-    return str(path)
+    return save_random_teacher(tmp_path_factory.mktemp("teacher14") / "ckpt_epoch_240.pth", "resnet14", seed=1)
 
 
 @pytest.mark.slow
