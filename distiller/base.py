@@ -1,21 +1,44 @@
 """What every method shares, and the contract through which the engine knows a method.
 
-As in mdistiller, `forward(*views, labels)` returns a dict: `loss` is the total to minimise, each `loss_<term>`
-one of its terms, `logits` the student's logits for its first view; the trainer sums nothing. The teacher is
-kept in eval mode here, in one place, whatever `train()` is asked.
+As in mdistiller, `forward(*views, labels, index)` returns a dict: `loss` is the total to minimise, each
+`loss_<term>` one of its terms, `logits` the student's logits for its first view; the trainer sums nothing.
+`index` holds each sample's position in the training set (CRD's memory is indexed by it); most methods ignore
+it. The teacher, and whatever `frozen_modules()` names, is kept in eval mode here, in one place, whatever
+`train()` is asked.
 
 A method is one file under distiller/ that subclasses `Distiller`, registers itself with `@register(name)`
 and declares, as class attributes, everything the engine needs to know about it:
 
-- `options`: its keys in the options file (a block such as `cocord:`, or top-level keys), as
-  `options.schema.Field`s; `check_options` adds the rules between keys;
-- `fixed_options`: the keys a resume must keep as they were (besides the models, data and batch size);
+- `options`: its keys in the options file (a block named after the method, and top-level loss weights
+  `loss_<term>`), as `options.schema.Field`s; `check_options` adds the rules between keys. A resume keeps
+  all of them (`kept_options()`, by default every key the method declares);
 - `accuracy_outputs`: the accuracies it logs (`acc_train` -> `acc_train/top_1`, `acc_train/top_5`);
-- `n_views`, `needs_teacher`, `min_batch`, and `experiment_name` (its folder under experiments/).
+- `n_views`, `needs_teacher`, `min_batch`, `stackable`, and `experiment_name` (its folder under experiments/).
 
 Logged terms follow one rule: every `loss_<term>` the method returns is logged as `loss_train/<term>`, and
 `loss` as `loss_train/total`. What must stay identical across processes is `replicated_state()`, by
 default everything the method checkpoints.
+
+Optional parts, each a no-op by default:
+- an init stage (RepDistiller's two-stage methods): `init_epochs(opt)` epochs before the first, training
+  `init_modules()` on `init_forward(...)["loss"]` with SGD at `init_learning_rate(opt)`, modes set by
+  `init_train()`;
+- `start_epoch(epoch)` before each epoch (e.g. a warm-up factor); it must write tensors in place, since a
+  captured CUDA graph reads them when replayed.
+
+Stacking rules. Several trials of a run train as one batch (`-t 1-5`): their states are stacked and one
+`torch.func.vmap` runs the method's own forward. A method with `stackable = True` (the default) must follow
+these rules; tests check them for every registered stackable method (tests/test_method_rules.py):
+1. No host reads in forward: no `.item()`, `bool(tensor)`, `if tensor:`, `.tolist()`, no tensor made from
+   Python data (`torch.tensor(...)`); sizes come from shapes, which are known.
+2. No random draws in forward (vmap runs with randomness="error"); draw in the loader or not at all.
+3. Operators vmap can batch: `xlogy` rather than `F.kl_div`; no `torch._foreach_*`; `index_put_` on a
+   transposed view rather than `index_copy_`; state updated in place (`buffer.copy_`, `mul_`), never by
+   rebinding an attribute.
+4. A buffer that forward both reads for autograd and then overwrites in place is read through a reduction
+   (`buf.unsqueeze(0).sum(0)`), not `clone()`: torch.compile may recompute a clone after the write.
+A method that cannot follow them (random draws per sample, an init stage) sets `stackable = False`: its
+trials then train one after another in the same process, with the same folders and files.
 """
 from __future__ import annotations
 
@@ -29,14 +52,17 @@ from options.schema import COMMON, OptionsError, merge_schemas
 from utils.meter import Accuracy
 
 METHODS: dict[str, type[Distiller]] = {}
+ALIASES: dict[str, str] = {}  # other accepted `distill:` values -> the registered name
 
 
-def register(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: the method becomes `distill: <name>`."""
+def register(name: str, *aliases: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: the method becomes `distill: <name>` (and `distill: <alias>`, the same method)."""
     def add(cls: type[Distiller]) -> type[Distiller]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
+        for key in (name, *aliases):
+            if key in METHODS or key in ALIASES:
+                raise ValueError(f"method {key!r} registered twice")
         METHODS[name] = cls
+        ALIASES.update({alias: name for alias in aliases})
         cls.name = name
         return cls
     return add
@@ -44,7 +70,7 @@ def register(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
 
 def method_class(name: str) -> type[Distiller]:
     try:
-        return METHODS[name]
+        return METHODS[ALIASES.get(name, name)]
     except KeyError:
         raise OptionsError(f"option 'distill' must be one of {', '.join(sorted(METHODS))}, got {name!r}") from None
 
@@ -59,12 +85,15 @@ class Distiller(nn.Module):
     n_views: ClassVar[int] = 1          # augmented views of each image the method takes
     needs_teacher: ClassVar[bool] = True
     min_batch: ClassVar[int] = 1        # smaller batches cannot train it (BatchNorm1d needs 2); they are skipped
+    stackable: ClassVar[bool] = True    # follows the stacking rules above: trials can train as one batch
     options: ClassVar[dict[str, Any]] = {}
-    fixed_options: ClassVar[tuple[str, ...]] = ()
+    fixed_options: ClassVar[tuple[str, ...] | None] = None  # None: every key in `options`
     accuracy_outputs: ClassVar[dict[str, Accuracy]] = {"acc_train": Accuracy("logits")}
     side_stream: torch.cuda.Stream | None = None  # set by the engine on a GPU: a method may overlap work on it
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, opt: dict[str, Any]):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, opt: dict[str, Any],
+                 train_labels: torch.Tensor | None = None):
+        """`train_labels`: the label of every training sample, in dataset order (index i is sample i)."""
         super().__init__()
         self.student = student
         self.teacher = teacher
@@ -73,17 +102,29 @@ class Distiller(nn.Module):
             teacher.eval()
 
     @classmethod
+    def kept_options(cls) -> tuple[str, ...]:
+        """The keys a resume must keep as they were (besides the models, data and batch size)."""
+        return cls.fixed_options if cls.fixed_options is not None else tuple(cls.options)
+
+    @classmethod
     def check_options(cls, opt: dict[str, Any], world_size: int = 1) -> None:
         """Rules between keys, raised as OptionsError; `world_size` processes each take `batch_size`."""
 
     @classmethod
     def experiment_name(cls, opt: dict[str, Any]) -> str:
-        raise NotImplementedError
+        """RepDistiller's folder naming: the pair, the dataset, the method and its loss weights."""
+        weights = "".join(f"{key.removeprefix('loss_')}{float(opt[key])}" for key in cls.options
+                          if key.startswith("loss_"))
+        return f"S_{opt['student_model']}_T_{opt['teacher_model']}_{opt['dataset']}_{cls.name}_{weights}"
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules kept in eval mode in training (not trained): the teacher, and any a method adds."""
+        return [self.teacher] if self.teacher is not None else []
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
+        for module in self.frozen_modules():
+            module.eval()
         return self
 
     def trainable_modules(self) -> list[nn.Module]:
@@ -92,6 +133,32 @@ class Distiller(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.trainable_modules() for p in m.parameters()]
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (1-based); writes tensors in place only."""
+
+    # The init stage (none unless a method defines init_modules and init_forward).
+    @classmethod
+    def init_epochs(cls, opt: dict[str, Any]) -> int:
+        return 0
+
+    @classmethod
+    def init_learning_rate(cls, opt: dict[str, Any]) -> float:
+        return opt["learning_rate"]
+
+    def init_modules(self) -> list[nn.Module]:
+        """The modules the init stage trains (SGD over their parameters, in this order)."""
+        return []
+
+    def init_train(self) -> None:
+        """Modes for the init stage: everything in eval mode but the modules it trains."""
+        super().train(False)
+        for module in self.init_modules():
+            module.train()
+
+    def init_forward(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The init stage's `loss` (and its terms) on a batch of the first view."""
+        raise NotImplementedError
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Everything a resume needs; the teacher is left out (it is read from its own file)."""

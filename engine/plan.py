@@ -111,7 +111,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
         targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
     states = {p.number: folder_state(p) for p in targets}  # before reading: a checkpoint written later shows
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
-    renamed = fixed_overrides(cmd.overrides, method_class(opt["distill"]).fixed_options)
+    renamed = fixed_overrides(cmd.overrides, method_class(opt["distill"]).kept_options())
     if not checkpoints and renamed:  # the folder is named by what --set changed: the run it meant is elsewhere
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
@@ -122,7 +122,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     number, first = next(iter(checkpoints.items()))
     method_cls = method_class(first["options"]["distill"])
     base = int(first.get("seed", 0)) - number + 1
-    run_opt, notes = resume_options(first["options"], opt, cmd.overrides, method_cls.fixed_options)
+    run_opt, notes = resume_options(first["options"], opt, cmd.overrides, method_cls.kept_options())
     for line in notes:
         progress.say(line)
     trials = []

@@ -31,9 +31,10 @@ class Speed:
         return asdict(self)
 
 
-def build_optimizer(params: list[torch.Tensor], opt: dict[str, Any]) -> torch.optim.SGD:
-    """SGD over what a method trains (weight decay on every trained tensor, BatchNorm and biases included)."""
-    return torch.optim.SGD(params, lr=opt["learning_rate"], momentum=opt["momentum"],
+def build_optimizer(params: list[torch.Tensor], opt: dict[str, Any], lr: float | None = None) -> torch.optim.SGD:
+    """SGD over what a method trains (weight decay on every trained tensor, BatchNorm and biases included), at
+    the options' learning rate unless `lr` is given (an init stage's)."""
+    return torch.optim.SGD(params, lr=opt["learning_rate"] if lr is None else lr, momentum=opt["momentum"],
                            weight_decay=opt["weight_decay"])
 
 
@@ -44,12 +45,13 @@ def lr_at(epoch: int, opt: dict[str, Any]) -> float:
 
 
 def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
-               labels: torch.Tensor, meter: DeviceMeter | None = None,
+               labels: torch.Tensor, index: torch.Tensor | None = None, meter: DeviceMeter | None = None,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
                ) -> dict[str, torch.Tensor]:
+    """One SGD step on a batch: `views`, `labels` and each sample's training-set `index`."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        out = module(*views, labels)
+        out = module(*views, labels, index)
     out["loss"].sum().backward()  # one trial: a scalar; several: their sum, whose gradient is each trial's own
     optimizer.step()
     if meter is not None:
@@ -127,7 +129,7 @@ def build_step(replicas: SingleTrial | StackedTrials, optimizer: torch.optim.Opt
     module = replicas.module if isinstance(replicas, SingleTrial) else replicas
 
     def run(views: list[torch.Tensor], labels: torch.Tensor) -> None:
-        train_step(module, optimizer, views, labels, meter, autocast)
+        train_step(module, optimizer, views, labels, None, meter, autocast)
     graphed = GraphedStep(run, full_batch) if speed.cuda_graph else None
     return Step(graphed or run, optimizer, graphed)
 

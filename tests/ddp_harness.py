@@ -31,7 +31,7 @@ saved = {"queue_before": method.queue.clone()}
 for step in range(4):
     views = [torch.randn(8, 3, 32, 32, generator=data) for _ in range(3)]
     labels = torch.randint(0, 10, (8,), generator=data)
-    train_step(ddp, optimizer, views, labels, meter)
+    train_step(ddp, optimizer, views, labels, meter=meter)
     if step == 0:
         saved.update(keys=keys[0].clone(), queue_after_first=method.queue.clone(), ptr=int(method.queue_ptr))
 saved["parameters"] = {k: v.clone() for k, v in method.named_parameters() if not k.startswith("teacher.")}
