@@ -1,10 +1,11 @@
 """What every method shares, and the contract through which the engine knows a method.
 
-As in mdistiller, `forward(*views, labels, index)` returns a dict: `loss` is the total to minimise, each
+As in mdistiller, `forward(*views, labels)` returns a dict: `loss` is the total to minimise, each
 `loss_<term>` one of its terms, `logits` the student's logits for its first view; the trainer sums nothing.
-`index` holds each sample's position in the training set (CRD's memory is indexed by it); most methods ignore
-it. The teacher, and whatever `frozen_modules()` names, is kept in eval mode here, in one place, whatever
-`train()` is asked.
+A method with `needs_index = True` (CRD: its memory is indexed by sample) also gets each sample's position in
+the training set, `forward(*views, labels, index)`, and the label of every training sample as its
+constructor's `train_labels`. The teacher, and whatever `frozen_modules()` names, is kept in eval mode here,
+in one place, whatever `train()` is asked.
 
 A method is one file under distiller/ that subclasses `Distiller`, registers itself with `@register(name)`
 and declares, as class attributes, everything the engine needs to know about it:
@@ -13,7 +14,8 @@ and declares, as class attributes, everything the engine needs to know about it:
   `loss_<term>`), as `options.schema.Field`s; `check_options` adds the rules between keys. A resume keeps
   all of them (`kept_options()`, by default every key the method declares);
 - `accuracy_outputs`: the accuracies it logs (`acc_train` -> `acc_train/top_1`, `acc_train/top_5`);
-- `n_views`, `needs_teacher`, `min_batch`, `stackable`, and `experiment_name` (its folder under experiments/).
+- `n_views`, `needs_teacher`, `needs_index`, `min_batch`, `stackable`, and `experiment_name` (its folder
+  under experiments/, before the options that differ from their defaults are added).
 
 Logged terms follow one rule: every `loss_<term>` the method returns is logged as `loss_train/<term>`, and
 `loss` as `loss_train/total`. What must stay identical across processes is `replicated_state()`, by
@@ -22,7 +24,7 @@ default everything the method checkpoints.
 Optional parts, each a no-op by default:
 - an init stage (RepDistiller's two-stage methods): `init_epochs(opt)` epochs before the first, training
   `init_modules()` on `init_forward(...)["loss"]` with SGD at `init_learning_rate(opt)`, modes set by
-  `init_train()`;
+  `init_train()` (`init_forward` takes the same arguments as `forward`, first view only);
 - `start_epoch(epoch)` before each epoch (e.g. a warm-up factor); it must write tensors in place, since a
   captured CUDA graph reads them when replayed.
 
@@ -85,15 +87,14 @@ class Distiller(nn.Module):
     n_views: ClassVar[int] = 1          # augmented views of each image the method takes
     needs_teacher: ClassVar[bool] = True
     min_batch: ClassVar[int] = 1        # smaller batches cannot train it (BatchNorm1d needs 2); they are skipped
+    needs_index: ClassVar[bool] = False  # forward takes each sample's training-set index; __init__ train_labels
     stackable: ClassVar[bool] = True    # follows the stacking rules above: trials can train as one batch
     options: ClassVar[dict[str, Any]] = {}
     fixed_options: ClassVar[tuple[str, ...] | None] = None  # None: every key in `options`
     accuracy_outputs: ClassVar[dict[str, Accuracy]] = {"acc_train": Accuracy("logits")}
     side_stream: torch.cuda.Stream | None = None  # set by the engine on a GPU: a method may overlap work on it
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, opt: dict[str, Any],
-                 train_labels: torch.Tensor | None = None):
-        """`train_labels`: the label of every training sample, in dataset order (index i is sample i)."""
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, opt: dict[str, Any]):
         super().__init__()
         self.student = student
         self.teacher = teacher
@@ -156,8 +157,8 @@ class Distiller(nn.Module):
         for module in self.init_modules():
             module.train()
 
-    def init_forward(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The init stage's `loss` (and its terms) on a batch of the first view."""
+    def init_forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The init stage's `loss` (and its terms) on a batch of the first view (and `index` if needs_index)."""
         raise NotImplementedError
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

@@ -75,8 +75,7 @@ class CoCoRD(Distiller):
     options = OPTIONS
     accuracy_outputs = {"acc_train": Accuracy("logits"), "acc_cocord": Accuracy("ctr_logits", target="first")}
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: dict[str, Any],
-                 train_labels: torch.Tensor | None = None):
+    def __init__(self, student: nn.Module, teacher: nn.Module, opt: dict[str, Any]):
         super().__init__(student, teacher, opt)
         c = opt["cocord"]
         self.T, self.key_size = c["T"], c["key_size"]
@@ -132,8 +131,8 @@ class CoCoRD(Distiller):
         s2 = self.slow_student_head(self.slow_student(x_s, with_features=True)[0])
         return k, s1, s2, teacher_logits[batch:]
 
-    def forward(self, x_s: torch.Tensor, x_s2: torch.Tensor, x_t: torch.Tensor, labels: torch.Tensor,
-                index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x_s: torch.Tensor, x_s2: torch.Tensor, x_t: torch.Tensor,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         side = self.side_stream
         if side is not None:
             # The teacher, the slow student and the moving averages do not depend on the student's

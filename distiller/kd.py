@@ -31,8 +31,7 @@ class KD(Distiller):
     n_views = 1
     options = {**LOSS_CLS, **KD_OPTIONS}
 
-    def __init__(self, student, teacher, opt: dict[str, Any],
-                 train_labels: torch.Tensor | None = None):
+    def __init__(self, student, teacher, opt: dict[str, Any]):
         super().__init__(student, teacher, opt)
         self.w_cls, self.w_kd, self.T = opt["loss_cls"], opt["loss_kd"], opt["kd_T"]
 
@@ -42,8 +41,7 @@ class KD(Distiller):
             raise OptionsError("distill: kd with loss_kd 0 is plain training; set loss_kd "
                                "(CRD's KD baseline: loss_cls 0.1, loss_kd 0.9, kd_T 4)")
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.student(x)
         with torch.no_grad():
             teacher_logits = self.teacher(x)

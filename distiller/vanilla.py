@@ -14,8 +14,7 @@ class Vanilla(Distiller):
     n_views = 1
     needs_teacher = False
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.student(x)
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "loss_cls": loss, "logits": logits}

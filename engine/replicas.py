@@ -87,6 +87,7 @@ class StackedTrials(nn.Module):
             if channels_last and stacked.dim() == 5:  # each trial's conv weight a channels_last slice
                 stacked = stacked.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
             self.state[name] = nn.Parameter(stacked) if name in self.trained else stacked
+        self._step = vmap(self._one_trial, randomness="error")
 
     @classmethod
     def from_methods(cls, methods: list[Distiller], channels_last: bool = False) -> StackedTrials:
@@ -95,9 +96,8 @@ class StackedTrials(nn.Module):
     def _one_trial(self, state: dict[str, torch.Tensor], *args: torch.Tensor) -> dict[str, torch.Tensor]:
         return functional_call(self.skeleton, state, args, strict=False, tie_weights=False)
 
-    def forward(self, *args: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        in_dims = (0, *(None if a is None else 0 for a in args))  # an absent input (None) is not batched
-        return vmap(self._one_trial, in_dims=in_dims, randomness="error")(self.state, *args)
+    def forward(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._step(self.state, *args)
 
     def end_epoch(self, meter: DeviceMeter) -> None:
         """Nothing to agree on: several trials run in one process."""

@@ -48,10 +48,11 @@ def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, views:
                labels: torch.Tensor, index: torch.Tensor | None = None, meter: DeviceMeter | None = None,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
                ) -> dict[str, torch.Tensor]:
-    """One SGD step on a batch: `views`, `labels` and each sample's training-set `index`."""
+    """One SGD step on a batch: `views`, `labels` and, for a method that needs it, each sample's training-set
+    `index`."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        out = module(*views, labels, index)
+        out = module(*views, labels) if index is None else module(*views, labels, index)
     out["loss"].sum().backward()  # one trial: a scalar; several: their sum, whose gradient is each trial's own
     optimizer.step()
     if meter is not None:

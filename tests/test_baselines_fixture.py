@@ -91,8 +91,9 @@ def build(fx: dict[str, Any]) -> tuple[Distiller, dict[str, Any]]:
     with torch.no_grad():
         for key, part in zip(bn["keys"], bn["values"].split(bn["numel"].tolist())):
             state[key].copy_(part.view_as(state[key]))
-    labels = fx.get("dataset_labels")
-    method = method_class(opt["distill"])(student, teacher, opt, train_labels=labels).double()
+    cls = method_class(opt["distill"])
+    extra = {"train_labels": fx["dataset_labels"]} if cls.needs_index else {}
+    method = cls(student, teacher, opt, **extra).double()
     for owner in fx["owners"]:
         fill(owner_module(method, owner), owner)
     if "contrast" in fx["owners"]:  # CRD's memory: [K, T, Z_v1, Z_v2, momentum], Z unset (-1) until the first batch
@@ -106,6 +107,10 @@ def images(batch: dict[str, Any]) -> torch.Tensor:
     x = torch.randn((8, 3, 32, 32), generator=torch.Generator().manual_seed(int(batch["x_seed"])), dtype=torch.float64)
     assert torch.allclose(torch.stack([x.sum(), (x * x).sum()]), batch["x_check"], rtol=1e-12), "image rule"
     return x
+
+
+def index_of(method: Distiller, batch: dict[str, Any]) -> torch.Tensor | None:
+    return batch["index"] if method.needs_index else None
 
 
 def check_states(method: Distiller, recorded: dict[str, Any], when: str) -> None:
@@ -133,7 +138,7 @@ def run_init_stage(method: Distiller, opt: dict[str, Any], fx: dict[str, Any]) -
                                 lr=method.init_learning_rate(opt))
     method.init_train()
     batch = fx["init"]["batch"]
-    train_step(method.init_forward, optimizer, [images(batch)], batch["y"], batch["index"])
+    train_step(method.init_forward, optimizer, [images(batch)], batch["y"], index_of(method, batch))
     check_states(method, fx["init"]["after"], "after the init stage")
 
 
@@ -153,7 +158,7 @@ def test_baseline_steps_match_reference(path: Path):
         forward = method
         if "contrast_idx" in batch:  # CRD's negatives as the reference drew them
             forward = functools.partial(method, contrast_idx=batch["contrast_idx"])
-        out = train_step(forward, optimizer, [images(batch)], batch["y"], batch["index"])
+        out = train_step(forward, optimizer, [images(batch)], batch["y"], index_of(method, batch))
         loss, want = float(out["loss"]), float(step["loss"])
         assert abs(loss - want) <= TOL * abs(want), f"step {i}: loss {loss!r}, recorded {want!r}"
         check_states(method, step["after"], f"after step {i}")
