@@ -45,10 +45,12 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from options.method_keys import method_key_names
     from options.schema import OptionsError, build_options, read_options_file
-    notes: list[str] = []  # collected here only, so each is printed once (engine.config passes none)
+    notes: list[str] = []  # collected here only, so each is printed once
+    deferred: dict = {}  # the keys only the methods know, validated once they are imported
+    replaced: dict = {}  # what the file said where --set changed it (a resume may find its run by it)
     try:  # before importing torch: a typo in the common options is reported at once
-        given = read_options_file(args.opt)
-        build_options(given, args.overrides, partial=method_key_names() or True, notes=notes)
+        common = build_options(read_options_file(args.opt), args.overrides, partial=method_key_names() or True,
+                               notes=notes, deferred=deferred, replaced=replaced)
     except OptionsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -56,13 +58,13 @@ def main(argv: list[str]) -> int:
     if not args.quiet:
         for note in notes:
             print(note, file=sys.stderr)
-    from engine.config import build_options as build_run_options
+    from engine.config import complete_options
     from engine.plan import Command
     from engine.run import USER_ERRORS, Interrupted, run
     from engine.trainer import TrainingDiverged
-    cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv, notes)
+    cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv, notes, replaced)
     try:
-        run(build_run_options(given, args.overrides), cmd)
+        run(complete_options(common, deferred), cmd)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,11 +11,12 @@ A method is one file under distiller/ that subclasses `Distiller`, registers its
 and declares, as class attributes, everything the engine needs to know about it:
 
 - `options`: its keys in the options file (a block named after the method, and top-level loss weights
-  `loss_<term>`), as `options.schema.Field`s; `check_options` adds the rules between keys. A resume keeps
-  all of them (`kept_options()`, by default every key the method declares);
+  `loss_<term>`), as `options.schema.Field`s (a resume keeps them, unless a Field says otherwise);
+  `check_options` adds the rules between keys;
 - `accuracy_outputs`: the accuracies it logs (`acc_train` -> `acc_train/top_1`, `acc_train/top_5`);
-- `n_views`, `needs_teacher`, `needs_index`, `min_batch`, `stackable`, and `experiment_name` (its folder
-  under experiments/, before the options that differ from their defaults are added).
+- `n_views`, `needs_teacher`, `needs_index`, `min_batch`, `stackable`, and `experiment_name` (the published
+  part of its folder's name, showing `named_options()`; `folder_name` adds every other option that differs
+  from its default).
 
 Logged terms follow one rule: every `loss_<term>` the method returns is logged as `loss_train/<term>`, and
 `loss` as `loss_train/total`. What must stay identical across processes is `replicated_state()`, by
@@ -51,6 +52,7 @@ import torch
 from torch import nn
 
 from options.schema import COMMON, OptionsError, merge_schemas
+from options.settings import folder_name
 from utils.meter import Accuracy
 
 METHODS: dict[str, type[Distiller]] = {}
@@ -90,7 +92,6 @@ class Distiller(nn.Module):
     needs_index: ClassVar[bool] = False  # forward takes each sample's training-set index; __init__ train_labels
     stackable: ClassVar[bool] = True    # follows the stacking rules above: trials can train as one batch
     options: ClassVar[dict[str, Any]] = {}
-    fixed_options: ClassVar[tuple[str, ...] | None] = None  # None: every key in `options`
     accuracy_outputs: ClassVar[dict[str, Accuracy]] = {"acc_train": Accuracy("logits")}
     side_stream: torch.cuda.Stream | None = None  # set by the engine on a GPU: a method may overlap work on it
 
@@ -103,20 +104,31 @@ class Distiller(nn.Module):
             teacher.eval()
 
     @classmethod
-    def kept_options(cls) -> tuple[str, ...]:
-        """The keys a resume must keep as they were (besides the models, data and batch size)."""
-        return cls.fixed_options if cls.fixed_options is not None else tuple(cls.options)
-
-    @classmethod
     def check_options(cls, opt: dict[str, Any], world_size: int = 1) -> None:
         """Rules between keys, raised as OptionsError; `world_size` processes each take `batch_size`."""
 
     @classmethod
     def experiment_name(cls, opt: dict[str, Any]) -> str:
         """RepDistiller's folder naming: the pair, the dataset, the method and its loss weights."""
-        weights = "".join(f"{key.removeprefix('loss_')}{float(opt[key])}" for key in cls.options
-                          if key.startswith("loss_"))
+        weights = "".join(f"{key.removeprefix('loss_')}{float(opt[key])}" for key in cls.named_options())
         return f"S_{opt['student_model']}_T_{opt['teacher_model']}_{opt['dataset']}_{cls.name}_{weights}"
+
+    @classmethod
+    def named_options(cls) -> tuple[str, ...]:
+        """The keys of its own that `experiment_name` shows: by default its loss weights."""
+        return tuple(key for key in cls.options if key.startswith("loss_"))
+
+    @classmethod
+    def folder_name(cls, opt: dict[str, Any]) -> str:
+        """The run's folder under experiments_dir: `experiment_name` if the options set one; else the method's
+        name, then every other option that can change the result and differs from its default (`_T0.07`), so
+        that runs with other settings never share a folder."""
+        if opt["experiment_name"]:
+            return opt["experiment_name"]
+        shown = {"student_model", "teacher_model", "dataset", "distill", *cls.named_options()}
+        if not cls.needs_teacher:
+            shown.add("teacher_model")
+        return folder_name(cls.experiment_name(opt), opt, merge_schemas(COMMON, cls.options), shown)
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules kept in eval mode in training (not trained): the teacher, and any a method adds."""

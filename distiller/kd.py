@@ -51,6 +51,10 @@ class KD(Distiller):
         return {"loss": loss, "loss_cls": loss_cls, "loss_kd": loss_kd, "logits": logits}
 
     @classmethod
+    def named_options(cls) -> tuple[str, ...]:
+        return ("loss_cls", "loss_kd", "kd_T")
+
+    @classmethod
     def experiment_name(cls, opt: dict[str, Any]) -> str:
         return (f"S_{opt['student_model']}_T_{opt['teacher_model']}_{opt['dataset']}_kd_"
                 f"cls{float(opt['loss_cls'])}kd{float(opt['loss_kd'])}T{float(opt['kd_T'])}")

@@ -11,14 +11,15 @@ import torch
 
 from distiller import Distiller, method_class
 from engine.machine import check_memory, effective_speed, effective_workers, select_device, set_cudnn
-from engine.resume import FolderPlan, fixed_overrides, resume_options
+from engine.resume import FolderPlan, kept_overrides, resume_options
 from engine.step import Speed
 from engine.teacher import fingerprint, load_checked_teacher, resolve_teacher_model
 from engine.trainer import Trial
 from engine.trial import ResumeError, RunState, TrialPaths, experiment_folder, load_checkpoint, resume_target
 from engine.writing import folder_state
 from models import model_dict, unknown_model_message
-from options.schema import OptionsError
+from options.schema import COMMON, OptionsError, merge_schemas
+from options.settings import fields, flatten, unflatten
 from utils import distributed
 from utils.files import check_writable_folder
 from utils.progress import Progress
@@ -35,6 +36,7 @@ class Command:
     quiet: bool = False
     argv: list[str] = field(default_factory=list)  # the whole command line: provenance, and the resume hint
     notes: list[str] = field(default_factory=list)  # what main.py said reading the options file (for train.log)
+    replaced: dict[str, Any] = field(default_factory=dict)  # the file's value of each key --set changed (dotted)
 
 
 @dataclass
@@ -96,22 +98,40 @@ def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) ->
     # Trial t runs with seed + t - 1 (the schema keeps room below numpy's limit); without a seed, a drawn one.
     seed = opt["seed"]
     base = seed if seed is not None else distributed.broadcast_int(int.from_bytes(os.urandom(4), "little") % 2**30)
-    folder = experiment_folder(opt, method_cls.experiment_name(opt))
+    folder = experiment_folder(opt, method_cls.folder_name(opt))
     trials = [Trial(TrialPaths(folder / f"trial_{t}"), base + t - 1, TrialRNG(base + t - 1)) for t in cmd.trials]
     return Plan(opt, method_cls, trials, {}, folder_states={t.paths.number: folder_state(t.paths) for t in trials})
 
 
-def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
+def _resume_targets(opt: dict[str, Any], cmd: Command) -> list[TrialPaths]:
+    """The trials a resume continues. A run is found by the options that name its folder; a --set of one that a
+    resume may change (learning_rate, say) applies to the run found with the file's value, unless a run with
+    the new value exists."""
     if opt["path"]["resume"]:
         if len(cmd.trials) > 1:
             raise OptionsError("path.resume names one trial; to resume several, give -t with --resume")
-        targets = [resume_target(opt["path"]["resume"])]
-    else:
-        folder = experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt))
+        return [resume_target(opt["path"]["resume"])]
+    cls = method_class(opt["distill"])
+    table = fields(merge_schemas(COMMON, cls.options))
+    changed = {k: v for k, v in cmd.replaced.items() if k in table and table[k].resume == "change"}
+    candidates = [opt]
+    if changed:
+        flat = {**flatten(opt), **changed}
+        candidates.append(unflatten(flat))
+    for candidate in candidates:
+        folder = experiment_folder(candidate, cls.folder_name(candidate))
         targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
+        if any(p.checkpoint.is_file() for p in targets):
+            return targets
+    return [TrialPaths(experiment_folder(opt, cls.folder_name(opt)) / f"trial_{t}") for t in cmd.trials]
+
+
+def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
+    targets = _resume_targets(opt, cmd)
     states = {p.number: folder_state(p) for p in targets}  # before reading: a checkpoint written later shows
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
-    renamed = fixed_overrides(cmd.overrides, method_class(opt["distill"]).kept_options())
+    cls = method_class(opt["distill"])
+    renamed = kept_overrides(cmd.overrides, fields(merge_schemas(COMMON, cls.options)))
     if not checkpoints and renamed:  # the folder is named by what --set changed: the run it meant is elsewhere
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
@@ -119,12 +139,20 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     if not checkpoints:
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           " (an interrupted first epoch saves nothing); run the command without --resume")
-    number, first = next(iter(checkpoints.items()))
-    method_cls = method_class(first["options"]["distill"])
-    base = int(first.get("seed", 0)) - number + 1
-    run_opt, notes = resume_options(first["options"], opt, cmd.overrides, method_cls.kept_options())
+    method_cls = method_class(next(iter(checkpoints.values()))["options"]["distill"])
+    schema = merge_schemas(COMMON, method_cls.options)
+    resumed = {n: resume_options(ckpt["options"], opt, cmd.overrides, schema) for n, ckpt in checkpoints.items()}
+    (number, (run_opt, notes)), *others = resumed.items()
+    for other, (other_opt, _) in others:  # one group trains with one set of options (the seed apart)
+        differs = _differences(run_opt, other_opt)
+        if differs:
+            raise ResumeError(f"trials {number} and {other} of {targets[0].folder.parent} were trained with different "
+                              f"options ({differs}); they cannot train on as one group: resume each on its own "
+                              f"(-t {number} --resume, then -t {other} --resume)")
     for line in notes:
         progress.say(line)
+    first = checkpoints[number]
+    base = int(first.get("seed", 0)) - number + 1
     trials = []
     for paths in targets:
         ckpt = checkpoints.get(paths.number)
@@ -134,6 +162,13 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
             state = RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"])
             trials.append(Trial(paths, int(ckpt.get("seed", 0)), TrialRNG(state=ckpt["rng"]), state))
     return Plan(run_opt, method_cls, trials, checkpoints, folder_states=states)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The keys two trials' options disagree on (the seed aside), as `key x vs y`."""
+    fa, fb = flatten(a), flatten(b)
+    keys = [k for k in dict.fromkeys([*fa, *fb]) if k != "seed" and fa.get(k) != fb.get(k)]
+    return ", ".join(f"{k} {fa.get(k)!r} vs {fb.get(k)!r}" for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
 
 
 def _check_same_teacher(plan: Plan) -> None:

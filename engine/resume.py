@@ -12,62 +12,41 @@ from typing import Any
 import yaml
 
 from engine.trial import ResumeError, TrialPaths, saved_epoch
-from options.schema import OptionsError, parse_overrides
-from options.settings import flatten, result_settings
-
-# Keys that decide what is trained: a resume keeps them whatever the command says.
-FIXED = ("student_model", "teacher_model", "distill", "dataset", "n_cls", "batch_size", "seed", "experiment_name")
-# Keys about the machine and the files, taken from the command that resumes (a run may move to another GPU).
-MACHINE = ("gpu", "num_workers", "pin_memory", "print_freq", "data_folder", "download", "experiments_dir",
-           "path.teacher", "path.resume", "speed.loader", "speed.cuda_graph", "speed.compile", "speed.channels_last",
-           "speed.streams")
-# Machine keys a run records as this machine applied them (the CPU turns speed off, cores cap num_workers) and
-# that check() decides again from the command's request: a difference from the file is no change to report.
-DECIDED_HERE = ("num_workers", "speed")
+from options.schema import Field, OptionsError, parse_overrides
+from options.settings import fields, flatten, result_settings, unflatten
 
 
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return tree
+def _field(key: str, table: dict[str, Field]) -> Field:
+    """The Field of a dotted key; a key of a section (`cocord` in `cocord=...`), or one nothing declares, is kept."""
+    return table.get(key) or Field(None, "str")
 
 
-def _covered(key: str, names: tuple[str, ...]) -> bool:
-    return any(key == n or key.startswith(n + ".") for n in names)
-
-
-def fixed_overrides(overrides: list[str], fixed: tuple[str, ...]) -> list[str]:
-    """The `key=value` overrides that set a key a resume must keep (FIXED, or the method's `fixed`)."""
-    return [item for item in overrides if _covered(item.partition("=")[0], FIXED + fixed)]
+def kept_overrides(overrides: list[str], table: dict[str, Field]) -> list[str]:
+    """The `key=value` overrides that set a key a resume must keep (they choose which run to resume)."""
+    return [item for item in overrides if _field(item.partition("=")[0], table).resume == "keep"]
 
 
 def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrides: list[str],
-                   fixed: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+                   schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The options a resumed run continues with, and the lines that say what changed or was kept.
 
     `run_opt` is what the run was started with (its checkpoint), `command_opt` the options file with the
-    command's --set, `fixed` the method's own keys a resume must keep."""
-    old, new = flatten(run_opt), flatten(command_opt)
+    command's --set; each key's Field in `schema` says what a resume does with it."""
+    old, new, table = flatten(run_opt), flatten(command_opt), fields(schema)
     explicit = set(flatten(parse_overrides(overrides)))
     merged, changed, kept = dict(old), [], []
     for key, value in new.items():
         if old.get(key) == value:
             continue
-        if _covered(key, FIXED + fixed):
+        field = _field(key, table)
+        if field.resume == "keep":
             if key in explicit:
                 raise ResumeError(f"cannot resume with {key}={value!r}: the run was trained with {old.get(key)!r}, "
                                   "and a resume must keep it; start a new run (another -t or experiment_name)")
             kept.append(f"{key}={old.get(key)!r}")
-        elif _covered(key, MACHINE) or key in explicit:
+        elif field.resume == "machine" or key in explicit:
             merged[key] = value
-            # Speed: what applies here is said by check(); num_workers: capped there, said there.
-            if key != "path.resume" and not key.startswith("speed.") and \
-                    (key in explicit or not _covered(key, DECIDED_HERE)):
+            if field.report is True or (field.report == "explicit" and key in explicit):
                 changed.append(f"{key}={value!r} (was {old.get(key)!r})")
         else:
             kept.append(f"{key}={old.get(key)!r}")
@@ -77,7 +56,7 @@ def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrid
     if kept:
         notes.append(f"note: the options file differs from the run; kept the run's {', '.join(kept)} "
                      "(change one with --set on the command line)")
-    return _unflatten(merged), notes
+    return unflatten(merged), notes
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The options file: the published keys and defaults, plus ours, each with a type and a range.
+"""Reading an options file and --set overrides against a schema (options/common.py and the methods' keys).
 
 A file written for the published code runs unchanged; a typo is an error that names the closest valid
 key, never silently ignored. This module imports no torch, so `main.py` checks the common keys at once;
@@ -10,96 +10,18 @@ import copy
 import difflib
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from options.common import COMMON, DERIVED, NONNEG, POS, SEED_LIMIT, UNIT, Field, machine  # noqa: F401 (the schema's parts)
 from options.yamlfile import YamlRefused, YamlSyntax, load_yaml, read_yaml_file, show_name, show_value
 
 
 class OptionsError(ValueError):
     """A bad options file or override: one line that says what is wrong and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Field:
-    default: Any
-    kind: str  # 'int', 'float', 'bool', 'str', 'path' (a string, `~` expanded), 'int_list'
-    check: Callable[[Any], bool] | None = None
-    rule: str = ""  # what `check` demands, for the error message
-    nullable: bool = False
-    choices: tuple[str, ...] | None = None
-
-
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
-def _non_negative(v: Any) -> bool:
-    return v >= 0
-
-
-def _unit(v: Any) -> bool:
-    return 0.0 <= v <= 1.0
-
-
-POS, NONNEG, UNIT = (_positive, "must be > 0"), (_non_negative, "must be >= 0"), (_unit, "must be in [0, 1]")
-
-# numpy takes seeds below 2**32 and trial t runs with seed + t - 1: leave room for 2**16 trials.
-SEED_LIMIT = 2**32 - 2**16
-
-# Keys the published code derives and writes into its options.yml; such a file must load again.
-DERIVED = ("trial", "path.exp_root", "path.log", "path.model", "path.state")
-
-# Keys every run has, whatever its method. Each method adds its own keys (its `options`, in its own
-# file under distiller/); `engine.config` checks a file against both.
-COMMON: dict[str, Any] = {
-    "student_model": Field("resnet20", "str"),
-    # `auto` (or absent): the architecture the teacher checkpoint holds. The published files name it (resnet56).
-    "teacher_model": Field("auto", "str"),
-    "gpu": Field(0, "int", *NONNEG, nullable=True),
-    "dataset": Field("cifar100", "str", choices=("cifar100", "imagenet")),
-    "data_folder": Field("./data_cifar100", "path"),
-    "download": Field(True, "bool"),
-    "batch_size": Field(64, "int", *POS),
-    "num_workers": Field(8, "int", *NONNEG),
-    "start_epoch": Field(0, "int", lambda v: v == 0,
-                         "is kept for the published files and must be 0; to continue a run set path.resume"),
-    "epochs": Field(240, "int", *POS),
-    "learning_rate": Field(0.05, "float", *POS),
-    "lr_decay_epochs": Field([150, 180, 210], "int_list", lambda v: all(e > 0 for e in v),
-                             "must be a list of positive epochs"),
-    "lr_decay_rate": Field(0.1, "float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "weight_decay": Field(5e-4, "float", *NONNEG),
-    "momentum": Field(0.9, "float", *UNIT),
-    "print_freq": Field(300, "int", *POS),
-    "path": {
-        "resume": Field(None, "path", nullable=True),
-        "teacher": Field("./t_model/resnet56/ckpt_epoch_240.pth", "path", nullable=True),
-    },
-    "distill": Field("cocord", "str"),  # one of the registered methods (distiller/)
-    "seed": Field(None, "int", lambda v: 0 <= v < SEED_LIMIT,
-                  f"must be in [0, {SEED_LIMIT}) (2**32 - 2**16: numpy's limit, less room for trials)", nullable=True),
-    "pin_memory": Field(True, "bool"),
-    "n_cls": Field(100, "int", *POS),
-    "experiments_dir": Field("experiments", "path"),
-    # The folder under experiments_dir; null: the method's own naming rule (published: loss weights only).
-    "experiment_name": Field(None, "str", lambda v: v not in ("", ".", "..") and "/" not in v,
-                             "must be a plain folder name (no '/')", nullable=True),
-    "sync_bn": Field(False, "bool"),
-    "speed": {
-        # auto: the GPU loader on a GPU, torchvision's loader on the CPU.
-        "loader": Field("auto", "str", choices=("auto", "gpu", "torchvision")),
-        "cuda_graph": Field(True, "bool"),
-        "compile": Field(True, "bool"),
-        "channels_last": Field(True, "bool"),
-        "streams": Field(True, "bool"),
-        "amp": Field(False, "bool"),  # bf16 autocast: changes the maths, so only when asked
-    },
-}
 
 
 def merge_schemas(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +42,7 @@ def defaults(schema: dict[str, Any] = COMMON) -> dict[str, Any]:
     return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
 
 
-def _closest(name: str, valid: list[str]) -> str:
+def did_you_mean(name: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5) if len(name) <= 100 else []
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
@@ -166,22 +88,52 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
     return value
 
 
-def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any, partial: bool | set[str]) -> None:
+def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any, partial: bool | set[str],
+           deferred: dict[str, Any], problems: list[str], replaced: dict[str, Any] | None = None) -> None:
+    """Validate `given` into `base`; every problem found is appended to `problems` (all are reported at once).
+    Top-level keys `partial` allows are set aside in `deferred`, raw, for the methods' check; `replaced` gets
+    the value each key held before `given` set it (dotted keys)."""
     if not isinstance(given, dict):
-        raise OptionsError(f"option '{where or 'file'}' must be a mapping of keys, got {show_value(given)}")
+        problems.append(f"option '{where or 'file'}' must be a mapping of keys, got {show_value(given)}")
+        return
     for key, value in given.items():
         name = key if isinstance(key, str) else show_value(key)  # str() of a huge int raises
         full = f"{where}.{name}" if where else name
         if key not in schema:
             if partial and not where and (partial is True or key in partial):
-                continue  # perhaps a method's key: checked once the methods are known (engine.config)
-            valid = list(schema) + sorted(partial) if isinstance(partial, set) else list(schema)
-            raise OptionsError(f"unknown option '{show_name(full)}'{_closest(name, valid)}")
+                deferred[key] = value  # perhaps a method's key: checked once the methods are known (engine.config)
+                continue
+            # The names methods may declare (partial) are searched for a close match, never listed: a guess.
+            close = did_you_mean(name, list(schema) + sorted(partial)) if isinstance(partial, set) else ""
+            hint = close if "did you mean" in close else did_you_mean(name, list(schema))
+            problems.append(f"unknown option '{show_name(full)}'{hint}")
+            continue
         node = schema[key]
-        if isinstance(node, dict):
-            _merge(full, node, base[key], {} if value is None else value, partial)
+        try:
+            if isinstance(node, dict):
+                _merge(full, node, base[key], {} if value is None else value, partial, {}, problems, replaced)
+            else:
+                if replaced is not None:
+                    replaced[full] = base[key]
+                base[key] = _coerce(full, node, value)
+        except OptionsError as err:
+            problems.append(str(err))
+
+
+def _raise(problems: list[str]) -> None:
+    """One line for every problem: a file with two typos names both."""
+    if problems:
+        more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+        raise OptionsError("; ".join(problems[:4]) + more)
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
         else:
-            base[key] = _coerce(full, node, value)
+            base[key] = value
+    return base
 
 
 def _drop_derived(given: Any) -> tuple[Any, list[str]]:
@@ -205,21 +157,27 @@ def _drop_derived(given: Any) -> tuple[Any, list[str]]:
 
 
 def build_options(given: dict[str, Any], overrides: Sequence[str] = (), schema: dict[str, Any] = COMMON,
-                  partial: bool | set[str] = False, notes: list[str] | None = None) -> dict[str, Any]:
+                  partial: bool | set[str] = False, notes: list[str] | None = None,
+                  deferred: dict[str, Any] | None = None, replaced: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults, then the file's values, then `key.sub=value` overrides; all validated against `schema`.
-    `partial`: the check `main.py` makes before the methods are imported: unknown top-level keys wait for the full
-    check if they are in `partial` (the names a method may declare: options.method_keys), or all of them if it is
-    True; other unknown keys are errors at once.
+    `partial`: the check `main.py` makes before the methods are imported: unknown top-level keys wait for the
+    methods' check if they are in `partial` (the names a method may declare: options.method_keys), or all of them
+    if it is True; they are collected, file then overrides, raw, in `deferred`. Other unknown keys are errors.
+    `replaced` gets the file's (or default) value of each key an override changed.
     The published code's derived keys (DERIVED) in `given` are dropped; if `notes` is a list, one line
     naming them is appended to it for the caller to show (pass it in one call only, so it shows once)."""
     given, dropped = _drop_derived(given)
     if dropped and notes is not None:
         notes.append(f"ignored keys the published code derives: {', '.join(dropped)}")
-    opt = defaults(schema)
-    _merge("", schema, opt, given, partial)
-    _merge("", schema, opt, parse_overrides(overrides), partial)
-    decay = opt["lr_decay_epochs"]
-    if decay != sorted(decay):
+    opt, problems, later = defaults(schema), [], {}
+    _merge("", schema, opt, given, partial, later, problems)
+    override_later: dict[str, Any] = {}
+    _merge("", schema, opt, parse_overrides(overrides), partial, override_later, problems, replaced)
+    _raise(problems)
+    if deferred is not None:
+        deferred.update(_deep_update(copy.deepcopy(later), override_later))
+    decay = opt.get("lr_decay_epochs")
+    if decay is not None and decay != sorted(decay):
         raise OptionsError(f"option 'lr_decay_epochs' must be increasing, got {show_value(decay)}")
     return opt
 

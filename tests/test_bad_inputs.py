@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from helpers import run_main, save_crd_checkpoint, tiny_options, write_yaml
 from main_batch import run_batch
+from test_train_e2e import COCORD_FOLDER
 
 from models import build_model
 
@@ -68,7 +69,7 @@ def snapshot(root: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_cifar, tiny_teacher):
     work = tmp_path_factory.mktemp("bad")
-    existing = work / "experiments" / "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0" / "trial_2"
+    existing = work / "experiments" / COCORD_FOLDER / "trial_2"
     existing.mkdir(parents=True)
     (existing / "results.json").write_text("{}")  # a run of someone's, which must not be archived or touched
     return work, make_inputs(work, tiny_cifar)

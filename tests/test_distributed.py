@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT
-from helpers import main_env, tiny_options, write_yaml
+from helpers import TINY_COCORD_NAME, TINY_NAME, main_env, tiny_options, write_yaml
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 
@@ -36,10 +36,10 @@ def test_ranks_stay_identical_and_the_queue_is_in_rank_order(tmp_path):
 
 
 # Every method, as main.py runs it under torchrun: each declares what must stay identical across processes.
-METHODS = {"cocord": ({}, "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0"),
+METHODS = {"cocord": ({}, "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0" + TINY_COCORD_NAME),
            "kd": ({"distill": "kd", "loss_cls": 0.1, "loss_kd": 0.9},
-                  "S_resnet8_T_resnet8_cifar100_kd_cls0.1kd0.9T4.0"),
-           "none": ({"distill": "none"}, "resnet8_cifar100_vanilla")}
+                  "S_resnet8_T_resnet8_cifar100_kd_cls0.1kd0.9T4.0" + TINY_NAME),
+           "none": ({"distill": "none"}, "resnet8_cifar100_vanilla" + TINY_NAME)}
 
 
 @pytest.mark.slow
@@ -69,5 +69,5 @@ def test_a_rank_that_falls_behind_does_not_mistake_rank_0s_files_for_another_run
     done = torchrun([str(ROOT / "tests" / "killpoint.py"), "read:cifar-100-python/train", "1", "sleep:2@1",
                      "trial_1/options.yml.tmp", "1", "sleep:6@0", "--", "-opt", opt], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    trial = tmp_path / "experiments" / "resnet8_cifar100_vanilla" / "trial_1"
+    trial = tmp_path / "experiments" / METHODS["none"][1] / "trial_1"
     assert json.loads((trial / "results.json").read_text())["finished"]

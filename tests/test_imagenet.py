@@ -18,7 +18,9 @@ def test_imagenet_folder_cocord_end_to_end(tmp_path):
                "cocord": {"key_size": 16, "hidden_dim": 32, "embedding_dim": 16, "pred_dim": 8}}
     done = run_main(["-opt", write_yaml(tmp_path / "opt.yml", options)], tmp_path)
     assert done.returncode == 0, done.stderr
-    trial = tmp_path / "experiments" / "S_resnet18_T_resnet18_imagenet_cocord_ctr1.0cls1.0p4.0" / "trial_1"
+    folder = ("S_resnet18_T_resnet18_imagenet_cocord_ctr1.0cls1.0p4.0"  # then every option not at its default
+              "_batch_size4_n_cls3_key_size16_pred_dim8_hidden_dim32_embedding_dim16")
+    trial = tmp_path / "experiments" / folder / "trial_1"
     results = json.loads((trial / "results.json").read_text())
     assert results["finished"] and results["history"][0]["images"] == 12
     assert 0.0 <= results["last_acc"] <= 100.0

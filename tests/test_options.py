@@ -4,11 +4,11 @@ import io
 import pytest
 import yaml
 from conftest import ROOT
-from helpers import run_main, tiny_options, write_yaml
+from helpers import TINY_NAME, run_main, tiny_options, write_yaml
 
-from distiller import option_schema
+from distiller import CoCoRD
 from engine.config import build_options, load_options
-from options.schema import OptionsError, defaults, parse_overrides
+from options.schema import COMMON, OptionsError, defaults, merge_schemas, parse_overrides
 from utils.progress import Progress
 
 PUBLISHED = """student_model: resnet20
@@ -54,7 +54,7 @@ def test_a_published_options_file_runs_unchanged(tmp_path):
     assert opt["weight_decay"] == 5e-4  # YAML 1.1 reads 5e-4 as text; it is still a number
     assert opt == load_options(ROOT / "options" / "train_student.yml")
     # every key at its default, but the teacher the published file names (absent, it is read from the checkpoint)
-    assert opt == {**defaults(option_schema()), "teacher_model": "resnet56"}
+    assert opt == {**defaults(merge_schemas(COMMON, CoCoRD.options)), "teacher_model": "resnet56"}
 
 
 def test_overrides_nest_and_parse_values():
@@ -78,7 +78,8 @@ def test_overrides_are_recorded_and_progress_is_one_line_per_epoch(tmp_path, tin
     opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
     done = run_main(["-opt", opt, "--set", "cocord.T=0.07", "epochs=2", "loss_pred=2"], tmp_path)
     assert done.returncode == 0, done.stderr
-    trial = tmp_path / "experiments" / "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p2.0" / "trial_1"
+    trial = tmp_path / "experiments" / ("S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p2.0" + TINY_NAME
+                                   + "_T0.07_key_size64_pred_dim8_hidden_dim32_embedding_dim16") / "trial_1"
     recorded = yaml.safe_load((trial / "options.yml").read_text())
     assert recorded["cocord"]["T"] == 0.07 and recorded["epochs"] == 2 and recorded["loss_pred"] == 2.0
     epoch_lines = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]

@@ -7,14 +7,14 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from helpers import run_main, tiny_options, write_yaml
+from helpers import TINY_COCORD_NAME, TINY_NAME, run_main, tiny_options, write_yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from models import load_teacher
 
 PUBLISHED_TAGS = {"loss_train/total", "acc_train/top_1", "acc_train/top_5", "acc_cocord/top_1", "acc_cocord/top_5",
                   "loss_val/loss", "acc_val/top_1", "acc_val/top_5"}
-COCORD_FOLDER = "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0"
+COCORD_FOLDER = "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0" + TINY_COCORD_NAME
 
 
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -92,14 +92,16 @@ def test_teacher_training_then_distillation(tmp_path, tiny_cifar):
     opt = tiny_options(tiny_cifar, None, distill="none", epochs=1, student_model="resnet14")
     done = run_main(["-opt", write_yaml(tmp_path / "teacher.yml", opt)], tmp_path)
     assert done.returncode == 0, done.stderr
-    ckpt_path = tmp_path / "experiments" / "resnet14_cifar100_vanilla" / "trial_1" / "model" / "ckpt_epoch_1.pth"
+    trial = tmp_path / "experiments" / ("resnet14_cifar100_vanilla" + TINY_NAME) / "trial_1"
+    ckpt_path = trial / "model" / "ckpt_epoch_1.pth"
     ckpt = torch.load(ckpt_path, weights_only=True)
     assert set(ckpt) == {"epoch", "model", "best_acc", "optimizer"}  # CRD's layout
     assert load_teacher(str(ckpt_path), "resnet14", 10).training is False
     student = tiny_options(tiny_cifar, str(ckpt_path), teacher_model="resnet14", epochs=1)
     done = run_main(["-opt", write_yaml(tmp_path / "student.yml", student)], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "experiments" / "S_resnet8_T_resnet14_cifar100_cocord_ctr1.0cls1.0p4.0").is_dir()
+    student_folder = "S_resnet8_T_resnet14_cifar100_cocord_ctr1.0cls1.0p4.0" + TINY_COCORD_NAME
+    assert (tmp_path / "experiments" / student_folder).is_dir()
 
 
 def test_published_options_without_dataset_say_where_to_put_it(tmp_path):

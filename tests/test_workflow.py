@@ -8,7 +8,7 @@ import torch
 import torchvision
 import yaml
 from conftest import ROOT
-from helpers import lines, run_main, save_random_teacher, tiny_options, write_yaml
+from helpers import TINY_COCORD_NAME, lines, run_main, save_random_teacher, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, tiny_cocord_run
 
 CPU_SPEED = {"loader": "torchvision", "cuda_graph": False, "compile": False, "channels_last": False,
@@ -117,7 +117,8 @@ def test_teacher_model_auto_is_the_checkpoint_architecture(tmp_path, tiny_cifar,
     opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, resnet14_teacher, teacher_model="auto", epochs=1))
     done = run_main(["-opt", opt, "-trial", "2"], tmp_path)  # also the published code's spelling of -t
     assert done.returncode == 0, done.stderr
-    trial = tmp_path / "experiments" / "S_resnet8_T_resnet14_cifar100_cocord_ctr1.0cls1.0p4.0" / "trial_2"
+    folder = "S_resnet8_T_resnet14_cifar100_cocord_ctr1.0cls1.0p4.0" + TINY_COCORD_NAME
+    trial = tmp_path / "experiments" / folder / "trial_2"
     assert yaml.safe_load((trial / "options.yml").read_text())["teacher_model"] == "resnet14"
     assert "teacher resnet14 test accuracy" in done.stdout and "for 1 epoch;" in done.stdout
 

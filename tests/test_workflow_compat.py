@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from helpers import lines, main_env, run_main, tiny_options, write_yaml
+from helpers import TINY_NAME, lines, main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER
 
 from engine.machine import select_device
@@ -63,7 +63,7 @@ def test_more_workers_than_cores_on_the_cpu(tmp_path, tiny_cifar):
     assert said == [f"note: num_workers {len(cpus) + 3} is more than this machine's {len(cpus)} cores; using "
                     f"{len(cpus)}"], output
     assert "suggested max number of worker" not in output, output
-    trial = tmp_path / "experiments" / "resnet8_cifar100_vanilla" / "trial_1"
+    trial = tmp_path / "experiments" / ("resnet8_cifar100_vanilla" + TINY_NAME) / "trial_1"
     assert yaml.safe_load((trial / "options.yml").read_text())["num_workers"] == len(cpus)
     assert (trial / "train.log").read_text().count("num_workers") == 1
 
