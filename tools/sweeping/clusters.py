@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import submitit
+
 from sweeping.columns import SweepError
 from sweeping.folder import Sweep
 
@@ -44,8 +45,10 @@ def minutes(text: str) -> int:
 def slurm_parameters(settings: dict[str, Any], name: str) -> dict[str, Any]:
     """SlurmExecutor's parameters (sbatch's names) from the sweep's settings."""
     params: dict[str, Any] = {"job_name": f"sweep_{name}", "time": minutes(settings["time"] or SLURM_TIME),
-                              "gpus_per_node": settings["gpus_per_job"], "cpus_per_task": settings["cpus_per_job"],
-                              "signal_delay_s": settings["signal_delay_s"], "ntasks_per_node": 1, "nodes": 1}
+                              "cpus_per_task": settings["cpus_per_job"], "signal_delay_s": settings["signal_delay_s"],
+                              "ntasks_per_node": 1, "nodes": 1}
+    if settings["gpus_per_job"]:  # 0: a CPU partition, no --gpus-per-node at all
+        params["gpus_per_node"] = settings["gpus_per_job"]
     for key in ("partition", "account", "array_parallelism"):
         if settings[key] is not None:
             params[key] = settings[key]
