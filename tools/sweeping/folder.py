@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+
 from sweeping import job as job_module
 from sweeping.columns import Column, SweepError
 from sweeping.job import ColumnJob, read_json, write_json
