@@ -1,0 +1,137 @@
+"""What a sweep trains: its columns, each an options file x a variant x one combination of the `--set` grid.
+
+A grid item is `key=v1,v2,...`: one column per value. A value that itself holds a comma is written as YAML
+writes it, in brackets or quotes, and stays one value: `lr_decay_epochs=[150,180,210],[100,150]` is two values,
+`tag='a,b'` one. An item with a single value is the same for every column. A variant is a named set of overrides,
+`NAME: key=value key=value` (e.g. `kd: distill=kd loss_cls=0.1 loss_kd=0.9`), for columns that differ in
+several keys at once (one per method). Every column is checked as main.py checks its options before anything
+is written.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Options the sweep decides for every column: where its runs go, and what it resumes.
+RESERVED = ("experiments_dir", "path.resume")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+class SweepError(ValueError):
+    """Bad input to the sweep: one line saying what is wrong and how to fix it."""
+
+
+@dataclass
+class Column:
+    """One job: main.py with these options for the sweep's trials."""
+    name: str  # its folder under runs/, unique in the sweep
+    source: Path  # the options file as given
+    overrides: list[str]  # --set key=value, in order: the fixed items, the variant's, the grid's
+    label: dict[str, str] = field(default_factory=dict)  # what sets it apart: variant and grid values
+    epochs: int = 0  # as the options say: the column is finished when every trial has trained them
+
+
+def split_values(text: str) -> list[str]:
+    """`0.05,0.1` -> ['0.05', '0.1']; commas inside [], {} or quotes do not split."""
+    values, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append(text[start:i])
+            start = i + 1
+    values.append(text[start:])
+    if quote or depth != 0 or any(not v.strip() for v in values):
+        raise SweepError(f"--set value {text!r} is not a comma-separated list of values (an empty value, or an "
+                         "unclosed bracket or quote); write a value holding a comma as [a,b] or 'a,b'")
+    return [v.strip() for v in values]
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """`--set` items -> [(key, [value text, ...])], in the order given."""
+    grid: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SweepError(f"--set {item!r} must look like key=value or key=v1,v2,... (e.g. cocord.T=0.05,0.1)")
+        if any(key == r or key.startswith(r + ".") for r in RESERVED):
+            raise SweepError(f"--set {key} is the sweep's to decide (each column writes under the sweep folder's "
+                             "runs/ and resumes its own trials); leave it out")
+        if any(key == k for k, _ in grid):
+            raise SweepError(f"--set {key} is given twice; give its values once, comma-separated")
+        grid.append((key, split_values(text)))
+    return grid
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`kd: distill=kd loss_kd=0.9` -> ('kd', ['distill=kd', 'loss_kd=0.9'])."""
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not sep or not name or _UNSAFE.search(name):
+        raise SweepError(f"--variant {text!r} must be NAME: key=value ... with a plain NAME (letters, digits, "
+                         "._+=-), e.g. 'kd: distill=kd loss_kd=0.9'")
+    overrides = shlex.split(rest)
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or not key:
+            raise SweepError(f"--variant {name}: {item!r} must look like key=value")
+        if any(key == r or key.startswith(r + ".") for r in RESERVED):
+            raise SweepError(f"--variant {name}: {key} is the sweep's to decide; leave it out")
+    return name, overrides
+
+
+def build_columns(files: list[str], grid_items: list[str], variant_texts: list[str]) -> list[Column]:
+    """Every options file x variant x grid combination, named `NN-<file>[-<variant>][-key=value...]`."""
+    if not files:
+        raise SweepError("no options file given; e.g. python tools/sweep.py options/paper/*.yml -t 1-5")
+    grid = parse_grid(grid_items)
+    variants = [parse_variant(t) for t in variant_texts] or [("", [])]
+    if len({name for name, _ in variants}) != len(variants):
+        raise SweepError("two --variant share a name; give each its own")
+    fixed = [f"{k}={vs[0]}" for k, vs in grid if len(vs) == 1]
+    swept = [(k, vs) for k, vs in grid if len(vs) > 1]
+    combos = list(itertools.product(files, variants, *[[(k, v) for v in vs] for k, vs in swept]))
+    width = len(str(len(combos)))
+    columns = []
+    for index, (file, (variant, variant_set), *values) in enumerate(combos, 1):
+        label = ({"variant": variant} if variant else {}) | {k: v for k, v in values}
+        parts = [f"{index:0{width}d}", Path(file).stem, variant, *(f"{k}={v}" for k, v in values)]
+        name = _UNSAFE.sub("_", "-".join(p for p in parts if p))[:120]
+        columns.append(Column(name, Path(file), fixed + variant_set + [f"{k}={v}" for k, v in values], label))
+    return columns
+
+
+def check_columns(columns: list[Column]) -> None:
+    """main.py's own checks of each column's options (and `epochs` read from them); a SweepError names the column.
+    The keys every method shares are checked first, without torch, so a typo is reported at once."""
+    from options.method_keys import method_key_names
+    from options.schema import OptionsError, build_options, read_options_file
+    given: dict[Path, Any] = {}
+    try:
+        for column in columns:
+            if column.source not in given:
+                given[column.source] = read_options_file(column.source)
+            build_options(given[column.source], column.overrides, partial=method_key_names() or True)
+    except OptionsError as err:
+        raise SweepError(f"{_which(column)}: {err}") from None
+    from engine.config import build_options as build_run_options  # imports torch and the methods
+    try:
+        for column in columns:
+            column.epochs = build_run_options(given[column.source], column.overrides)["epochs"]
+    except OptionsError as err:
+        raise SweepError(f"{_which(column)}: {err}") from None
+
+
+def _which(column: Column) -> str:
+    shown = " ".join(f"{k}={v}" for k, v in column.label.items())
+    return f"column {column.name} ({column.source}{', ' + shown if shown else ''})"
