@@ -19,7 +19,7 @@ from helpers import architectures_fixture, fill_by_fixture_rule, reference_input
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from models import CRD_CIFAR_MODELS, ZooModel, build_model, model_dict
+from models import CRD_CIFAR_MODELS, ZooModel, build_model
 
 TOL = 1e-10
 FIX = architectures_fixture()
@@ -85,7 +85,7 @@ def test_feature_modules_cover_what_repdistiller_trains(name):
 
 
 @pytest.mark.parametrize("preact", [False, True])
-@pytest.mark.parametrize("name", list(model_dict))
+@pytest.mark.parametrize("name", CRD_CIFAR_MODELS)
 def test_last_entry_and_logits_are_the_plain_forwards(name, preact):
     """feats[-1] is `with_features=True`'s features and the logits are `model(x)`'s, bit for bit; a loss on every
     entry backpropagates (no entry is overwritten in place after autograd saved it)."""
@@ -100,20 +100,23 @@ def test_last_entry_and_logits_are_the_plain_forwards(name, preact):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def test_imagenet_stages_are_the_layer_outputs():
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_imagenet_stages_are_the_layer_outputs(name):
     """RepDistiller has no ImageNet zoo: the entries are the stem, the layers' outputs (with preact, their last
-    sums before the ReLU) and the pooled vector; feature_modules cover everything but fc."""
+    sums before the ReLU) and the pooled features; feature_modules cover everything but fc."""
     torch.manual_seed(0)
-    model = build_model("resnet18", 10).eval()
+    model = build_model(name, 10).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        post, _ = model.forward_stages(x)
+        post, logits = model.forward_stages(x)
         pre, _ = model.forward_stages(x, preact=True)
+        features, expected_logits = model(x, with_features=True)
         h = model.relu(model.bn1(model.conv1(x)))
         expected = [h, model.layer1(model.maxpool(h))]
         for layer in (model.layer2, model.layer3, model.layer4):
             expected.append(layer(expected[-1]))
-    assert all(torch.equal(a, b) for a, b in zip(post[:-1], expected))
+    assert all(torch.equal(a, b) for a, b in zip(post, [*expected, features]))
+    assert len(post) == 6 and torch.equal(logits, expected_logits)
     assert torch.equal(pre[0], post[0]) and torch.equal(pre[-1], post[-1])
     assert all(torch.equal(torch.relu(a), b) and (a < 0).any() for a, b in zip(pre[1:-1], post[1:-1]))
     covered = {id(p) for m in model.feature_modules() for p in m.parameters()}
