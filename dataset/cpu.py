@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dataset.augment import CIFAR100, Recipe
-from dataset.cifar import CifarArrays
+from dataset.cifar import CifarArrays, check_arrays
 
 
 class MultiViewCIFAR(Dataset):
@@ -22,10 +22,7 @@ class MultiViewCIFAR(Dataset):
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, n_views: int = 3, train: bool = True,
                  recipe: Recipe = CIFAR100) -> None:
-        if images_u8.dtype != torch.uint8 or images_u8.dim() != 4 or images_u8.shape[1] != 3:
-            raise ValueError(f"images must be uint8 N x 3 x H x W, got {images_u8.dtype} {tuple(images_u8.shape)}")
-        if labels.shape[0] != images_u8.shape[0]:
-            raise ValueError(f"{images_u8.shape[0]} images but {labels.shape[0]} labels")
+        check_arrays(images_u8, labels)
         if n_views < 1:
             raise ValueError(f"n_views must be at least 1, got {n_views}")
         self.images, self.labels = images_u8.cpu(), labels.cpu().tolist()

@@ -11,16 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from dataset.augment import CIFAR100, Draws, Recipe
-from dataset.constants import CIFAR_IMAGE_SIZE
-
-_S = CIFAR_IMAGE_SIZE
-
-
-def _check(images_u8: torch.Tensor, labels: torch.Tensor) -> None:
-    if images_u8.dtype != torch.uint8 or tuple(images_u8.shape[1:]) != (3, _S, _S):
-        raise ValueError(f"images must be uint8 N x 3 x {_S} x {_S}, got {images_u8.dtype} {tuple(images_u8.shape)}")
-    if labels.shape != (images_u8.shape[0],):
-        raise ValueError(f"labels must have shape ({images_u8.shape[0]},), got {tuple(labels.shape)}")
+from dataset.cifar import check_arrays
 
 
 def _new_generator(device: torch.device) -> torch.Generator:
@@ -38,21 +29,10 @@ class GPULoader:
     repeating from its start as DistributedSampler does, so all ranks have equally many batches.
     """
 
-    def __init__(
-        self,
-        images_u8: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        n_views: int,
-        device: str | torch.device,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        channels_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        recipe: Recipe = CIFAR100,
-    ) -> None:
-        _check(images_u8, labels)
+    def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, n_views: int,
+                 device: str | torch.device, shuffle: bool = True, drop_last: bool = False, channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1, recipe: Recipe = CIFAR100) -> None:
+        check_arrays(images_u8, labels)
         if batch_size < 1 or n_views < 1:
             raise ValueError(f"batch_size and n_views must be positive, got {batch_size} and {n_views}")
         if not 0 <= rank < world_size:
@@ -119,16 +99,9 @@ class GPULoader:
 class GPUTestLoader:
     """Normalised test batches on the device, `(images, labels)`, in order, no augmentation."""
 
-    def __init__(
-        self,
-        images_u8: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        device: str | torch.device,
-        channels_last: bool = False,
-        recipe: Recipe = CIFAR100,
-    ) -> None:
-        _check(images_u8, labels)
+    def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, device: str | torch.device,
+                 channels_last: bool = False, recipe: Recipe = CIFAR100) -> None:
+        check_arrays(images_u8, labels)
         self.device = torch.device(device)
         self.batch_size = batch_size
         # Normalised once: 10k CIFAR images are 123 MB of float32; batches are then free slices.

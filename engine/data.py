@@ -23,7 +23,7 @@ from engine.step import Speed
 
 
 class DeviceBatches:
-    """A torchvision DataLoader whose batches are moved to the device (the published CPU path). Its shuffle
+    """A DataLoader whose batches are moved to the device (the CPU loader, as published, or ImageNet's). Its shuffle
     order and its workers' seeds come from `generator`, reseeded each epoch."""
 
     sharded = False
