@@ -66,10 +66,13 @@ class TrainBatches:
     def __init__(self, loaders: list[Any], stacked: bool | None = None):
         self.loaders = loaders
         self.stacked = len(loaders) > 1 if stacked is None else stacked
-        self.n_data: int = loaders[0].n_data
 
     def __len__(self) -> int:
         return len(self.loaders[0])
+
+    @property
+    def n_data(self) -> int:
+        return self.loaders[0].n_data
 
     def subset(self, keep: list[int]) -> TrainBatches:
         return TrainBatches([self.loaders[k] for k in keep], self.stacked)
