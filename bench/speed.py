@@ -80,7 +80,7 @@ def full_batches(batches: TrainBatches, batch: int, trials: int) -> Stream:
     done = 0
     while True:
         batches.set_epoch([done + k for k in range(trials)])
-        for views, labels in batches:
+        for views, labels, _ in batches:
             if labels.shape[-1] == batch:
                 done += 1
                 yield views, labels

@@ -47,9 +47,9 @@ class Cast:
     def set_epoch_seed(self, seed: int) -> None:
         self.loader.set_epoch_seed(seed)
 
-    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
-        for x, y in self.loader:
-            yield ([v.to(self.dtype) for v in x] if isinstance(x, list) else x.to(self.dtype)), y
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for x, *rest in self.loader:  # rest: labels, and a training batch's indices
+            yield ([v.to(self.dtype) for v in x] if isinstance(x, list) else x.to(self.dtype)), *rest
 
 
 def train(speed: Speed, folder: Path, pair: str, trials: int, device: torch.device, dtype: torch.dtype,

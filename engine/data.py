@@ -15,7 +15,6 @@ from dataset import (
     DataError,
     GPULoader,
     GPUTestLoader,
-    MultiViewCIFAR,
     build_imagenet_loaders,
     build_torchvision_loaders,
     load_cifar100,
@@ -24,7 +23,7 @@ from engine.step import Speed
 
 
 class DeviceBatches:
-    """A torchvision DataLoader whose batches are moved to the device (the published CPU path). Its shuffle
+    """A DataLoader whose batches are moved to the device (the CPU loader, as published, or ImageNet's). Its shuffle
     order and its workers' seeds come from `generator`, reseeded each epoch."""
 
     sharded = False
@@ -37,6 +36,10 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
+    @property
+    def n_data(self) -> int:
+        return len(self.loader.dataset)
+
     def set_epoch_seed(self, seed: int) -> None:
         if self.generator is not None:
             self.generator.manual_seed(seed)
@@ -47,18 +50,18 @@ class DeviceBatches:
     def _move(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
-    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
-        for images, labels in self.loader:
-            labels = labels.to(self.device, non_blocking=True)
-            if isinstance(images, (list, tuple)):
-                yield [self._move(v) for v in images], labels
-            else:
-                yield self._move(images), labels
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        """`(views, labels, index)` of a training loader, `(images, labels)` of a test loader, on the device."""
+        for images, *rest in self.loader:
+            images = [self._move(v) for v in images] if isinstance(images, (list, tuple)) else self._move(images)
+            yield images, *(t.to(self.device, non_blocking=True) for t in rest)
 
 
 class TrainBatches:
-    """One step's training batches of every trial: `(views, labels)`, each view [B, ...] for a run of one trial,
-    [trials, B, ...] when `stacked` (a run of several, even once only one of them is left training)."""
+    """One step's training batches of every trial: `(views, labels, index)`, each view [B, ...] for a run of one
+    trial, [trials, B, ...] when `stacked` (a run of several, even once only one of them is left training); index
+    (int64, [B] or [trials, B]) holds each sample's position in the training set, 0..n_data - 1 (under torchrun
+    too: a rank's share of the whole set). `n_data`: the training set's size, which per-sample memories need."""
 
     def __init__(self, loaders: list[Any], stacked: bool | None = None):
         self.loaders = loaders
@@ -67,6 +70,10 @@ class TrainBatches:
     def __len__(self) -> int:
         return len(self.loaders[0])
 
+    @property
+    def n_data(self) -> int:
+        return self.loaders[0].n_data
+
     def subset(self, keep: list[int]) -> TrainBatches:
         return TrainBatches([self.loaders[k] for k in keep], self.stacked)
 
@@ -74,13 +81,13 @@ class TrainBatches:
         for loader, seed in zip(self.loaders, seeds, strict=True):
             loader.set_epoch_seed(seed)
 
-    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
         for batches in zip(*self.loaders):
-            views = [v if isinstance(v, list) else [v] for v, _ in batches]
+            views, labels, index = zip(*batches)
             if not self.stacked:
-                yield views[0], batches[0][1]
+                yield views[0], labels[0], index[0]
             else:
-                yield [torch.stack(vs) for vs in zip(*views)], torch.stack([labels for _, labels in batches])
+                yield [torch.stack(vs) for vs in zip(*views)], torch.stack(labels), torch.stack(index)
 
 
 def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: Speed, trials: int = 1,
@@ -112,7 +119,7 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: S
     loaders = []
     for _ in range(trials):
         generator = torch.Generator()
-        train_sampler = sampler(MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views)) if sampler else None
+        train_sampler = sampler(range(len(arrays.train_labels))) if sampler else None
         train, test = build_torchvision_loaders(arrays, opt["batch_size"], n_views, workers, pin,
                                                 generator=generator, sampler=train_sampler)
         loaders.append(DeviceBatches(train, device, speed.channels_last, generator))

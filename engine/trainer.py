@@ -88,7 +88,7 @@ class Trainer:
         group.meter.reset()
         progress.start_epoch(epoch, lr)
         t0, steps = time.perf_counter(), 0
-        for views, labels in group.batches:
+        for views, labels, index in group.batches:  # noqa: B007 - the index is for per-sample memories (CRD)
             if labels.shape[-1] < self.run.min_batch:
                 self._skip_note(labels.shape[-1])
                 continue

@@ -7,14 +7,15 @@ from torch.utils.data import DistributedSampler, SequentialSampler
 from torchvision import transforms
 
 from dataset import (
+    CIFAR100,
     DataError,
+    Draws,
     GPULoader,
     GPUTestLoader,
     MultiViewCIFAR,
     augment,
     build_imagenet_loaders,
     build_torchvision_loaders,
-    crop_flip_normalize,
     load_cifar100,
     make_tiny_cifar,
     write_demo_imagefolder,
@@ -64,23 +65,22 @@ def test_gpu_loader_epoch():
     images, labels = _id_images(103)
     loader = GPULoader(images, labels, batch_size=16, n_views=3, device="cpu")
     batches = _epoch(loader, 5)
-    assert len(loader) == len(batches) == 7 and [len(y) for _, y in batches] == [16] * 6 + [7]
+    assert len(loader) == len(batches) == 7 and [len(y) for _, y, _ in batches] == [16] * 6 + [7]
     ids = []
-    for views, y in batches:
+    for views, y, index in batches:
         assert isinstance(views, list) and len(views) == 3
         assert all(v.shape == (len(y), 3, 32, 32) and v.dtype == torch.float32 for v in views)
         batch_ids = _ids(views[0])
         assert all(torch.equal(_ids(v), batch_ids) for v in views)  # views of the same images
-        assert torch.equal(y, batch_ids % 7)  # labels match
+        assert torch.equal(y, batch_ids % 7) and torch.equal(index, batch_ids)  # labels and indices match
         ids.append(batch_ids)
     ids = torch.cat(ids)
     assert torch.equal(ids.sort().values, torch.arange(103)) and not torch.equal(ids, torch.arange(103))
     # Views are independent: they differ somewhere (padding position).
     assert not torch.equal(batches[0][0][0], batches[0][0][1])
     # Same seed: same order and views; another seed: another order.
-    same = _epoch(loader, 5)
-    assert all(torch.equal(a, b) for (va, _), (vb, _) in zip(batches, same) for a, b in zip(va, vb))
-    other = torch.cat([_ids(v[0]) for v, _ in _epoch(loader, 6)])
+    assert _same_batches(batches, _epoch(loader, 5))
+    other = torch.cat([_ids(v[0]) for v, _, _ in _epoch(loader, 6)])
     assert not torch.equal(other, ids)
 
 
@@ -88,27 +88,27 @@ def test_gpu_loader_options():
     images, labels = _id_images(103)
     loader = GPULoader(images, labels, batch_size=16, n_views=2, device="cpu", drop_last=True, channels_last=True)
     batches = _epoch(loader, 0)
-    assert len(loader) == len(batches) == 6 and all(len(y) == 16 for _, y in batches)
+    assert len(loader) == len(batches) == 6 and all(len(y) == 16 for _, y, _ in batches)
     assert batches[0][0][1].is_contiguous(memory_format=torch.channels_last)
     ordered = GPULoader(images, labels, batch_size=50, n_views=1, device="cpu", shuffle=False)
-    assert torch.equal(torch.cat([_ids(v[0]) for v, _ in _epoch(ordered, 0)]), torch.arange(103))
+    assert torch.equal(torch.cat([_ids(v[0]) for v, _, _ in _epoch(ordered, 0)]), torch.arange(103))
 
 
 def test_gpu_loader_two_ranks_cover_the_data():
     images, labels = _id_images(103)
     ranks = [GPULoader(images, labels, 16, 1, "cpu", rank=r, world_size=2) for r in range(2)]
-    per_rank = [torch.cat([_ids(v[0]) for v, _ in _epoch(loader, 3)]) for loader in ranks]
+    per_rank = [torch.cat([_ids(v[0]) for v, _, _ in _epoch(loader, 3)]) for loader in ranks]
     assert len(ranks[0]) == len(ranks[1]) == 4 and [len(p) for p in per_rank] == [52, 52]
     assert set(torch.cat(per_rank).tolist()) == set(range(103))  # 104 = 103 + one repeat
     assert len(set(per_rank[0].tolist()) & set(per_rank[1].tolist())) <= 1
 
 
 def _same_batches(a, b) -> bool:
-    """Bit-for-bit equal epochs: labels, number of views, every view tensor and its memory format."""
+    """Bit-for-bit equal epochs: labels, indices, number of views, every view tensor and its memory format."""
     return len(a) == len(b) and all(
-        torch.equal(ya, yb) and len(va) == len(vb)
+        torch.equal(ya, yb) and torch.equal(ia, ib) and len(va) == len(vb)
         and all(torch.equal(x, y) and x.stride() == y.stride() for x, y in zip(va, vb))
-        for (va, ya), (vb, yb) in zip(a, b)
+        for (va, ya, ia), (vb, yb, ib) in zip(a, b)
     )
 
 
@@ -157,8 +157,8 @@ def test_gpu_test_loader_matches_torchvision(tiny):
 def test_multiview_cifar_item():
     images = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)
     torch.manual_seed(0)
-    views, label = MultiViewCIFAR(images, torch.tensor([3, 1, 2, 0]), n_views=3)[0]
-    assert label == 3 and isinstance(views, tuple) and len(views) == 3
+    views, label, index = MultiViewCIFAR(images, torch.tensor([3, 1, 2, 0]), n_views=3)[2]
+    assert label == 2 and index == 2 and isinstance(views, tuple) and len(views) == 3
     assert all(v.shape == (3, 32, 32) and v.dtype == torch.float32 for v in views)
     assert len({v.numpy().tobytes() for v in views}) > 1  # independent crops
     for v in views:  # every pixel is the image's value or black padding, normalised with CIFAR stats
@@ -172,9 +172,10 @@ def test_torchvision_loaders(tiny):
     arrays = tiny[1]
     train, test = build_torchvision_loaders(arrays, batch_size=48, n_views=3, num_workers=0, pin_memory=False)
     batches = list(train)
-    assert [len(y) for _, y in batches] == [48, 48, 32]  # last batch partial
-    views, labels = batches[0]
+    assert [len(y) for _, y, _ in batches] == [48, 48, 32]  # last batch partial
+    views, labels, index = batches[0]
     assert len(views) == 3 and all(v.shape == (48, 3, 32, 32) for v in views) and labels.dtype == torch.int64
+    assert index.dtype == torch.int64 and torch.equal(labels, arrays.train_labels[index])
     test_batches = list(test)
     assert [x.shape for x, _ in test_batches] == [(48, 3, 32, 32), (16, 3, 32, 32)]
     assert torch.equal(torch.cat([y for _, y in test_batches]), arrays.test_labels)  # not shuffled
@@ -188,7 +189,7 @@ def test_torchvision_loader_workers_repeatable(tiny):
 
     def first_batch(seed):
         torch.manual_seed(seed)  # the global RNG state decides order and worker seeds
-        views, labels = next(iter(train))
+        views, labels, _ = next(iter(train))
         return torch.cat(views), labels
 
     a, b, c = first_batch(123), first_batch(123), first_batch(124)
@@ -206,7 +207,7 @@ def test_torchvision_loader_epoch_comes_from_its_generator(tiny, num_workers):
         torch.manual_seed(global_seed)  # once the loader has a generator, the global RNG must not matter
         g.manual_seed(seed)
         before = torch.get_rng_state()
-        batches = [(torch.cat(views), labels) for views, labels in loader]
+        batches = [(torch.cat(views), labels) for views, labels, _ in loader]
         assert torch.equal(torch.get_rng_state(), before)  # nor be used or advanced by the epoch
         return torch.cat([v for v, _ in batches]), torch.cat([y for _, y in batches])
 
@@ -225,8 +226,9 @@ def test_torchvision_loader_epoch_comes_from_its_generator(tiny, num_workers):
 def test_imagenet_loaders(tmp_path):
     write_demo_imagefolder(str(tmp_path), num_classes=3, per_class=4, size=64, seed=0)
     train, val = build_imagenet_loaders(str(tmp_path), batch_size=5, n_views=2, num_workers=0, pin_memory=False)
-    views, labels = next(iter(train))
+    views, labels, index = next(iter(train))
     assert len(views) == 2 and all(v.shape == (5, 3, 224, 224) for v in views) and labels.shape == (5,)
+    assert index.dtype == torch.int64 and labels.tolist() == [train.dataset.targets[i] for i in index]
     images, labels = next(iter(val))
     assert images.shape == (5, 3, 224, 224) and len(train.dataset.classes) == 3
     with pytest.raises(DataError) as err:
@@ -241,8 +243,9 @@ def test_gpu_path_on_cuda_matches_cpu_without_host_syncs():
     images = torch.randint(0, 256, (300, 3, 32, 32), generator=g, dtype=torch.uint8)
     oy, ox = torch.randint(0, 9, (2, 300), generator=g)
     flip = torch.rand(300, generator=g) < 0.5
-    cpu = crop_flip_normalize(images, oy, ox, flip)
-    cuda = crop_flip_normalize(images.cuda(), oy.cuda(), ox.cuda(), flip.cuda(), channels_last=True)
+    cpu = CIFAR100.apply(CIFAR100.pad(images), torch.arange(300), Draws(oy, ox, flip))
+    on_cuda = [t.cuda() for t in (images, oy, ox, flip)]
+    cuda = CIFAR100.apply(CIFAR100.pad(on_cuda[0]), torch.arange(300).cuda(), Draws(*on_cuda[1:]), channels_last=True)
     torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-6, rtol=0)
     ids, labels = _id_images(250)
     loader = GPULoader(ids, labels, batch_size=64, n_views=3, device="cuda")
@@ -259,7 +262,8 @@ def test_gpu_path_on_cuda_matches_cpu_without_host_syncs():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert twin._padded.data_ptr() == loader._padded.data_ptr()
-    assert all(torch.equal(a, b) for (va, _), (vb, _) in zip(batches, twin_batches) for a, b in zip(va, vb))
-    got = torch.cat([_ids(v[2].cpu()) for v, _ in batches])
+    assert _same_batches(batches, twin_batches)
+    got = torch.cat([_ids(v[2].cpu()) for v, _, _ in batches])
     assert torch.equal(got.sort().values, torch.arange(250))
-    assert torch.equal(torch.cat([y.cpu() for _, y in batches]), got % 7)
+    assert torch.equal(torch.cat([y.cpu() for _, y, _ in batches]), got % 7)
+    assert torch.equal(torch.cat([i.cpu() for _, _, i in batches]), got)

@@ -43,9 +43,9 @@ def _steps(trials: int, loss_kd: float) -> list[str]:
     methods = harness.make_methods(opt, trials, device)
     _, _, _, step = harness.make_step(methods, opt, speed, device)
     batches = harness.make_batches(harness.random_arrays(64), trials, speed, device, 8, 0)
-    step(*next(iter(batches)))  # lazy initialisation may read once
+    step(*next(iter(batches))[:2])  # lazy initialisation may read once
     with HostReads() as reads:  # a whole epoch, its start (shuffle, augmentation) included
-        for views, labels in batches:
+        for views, labels, _ in batches:
             step(views, labels)
     return reads.seen
 
