@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
 from .base import ZooModel, flatten
@@ -22,8 +23,37 @@ class ImageNetResNet(ZooModel, tv.ResNet):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return flatten(self.avgpool(x))
 
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # RepDistiller has no ImageNet zoo; this follows its CIFAR ResNet50: f0 the stem after its ReLU (before
+        # the max-pool), one entry per stage (the last block's sum before its ReLU with preact), then pooled.
+        x = self.relu(self.bn1(self.conv1(x)))
+        feats = [x]
+        x = self.maxpool(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            if preact:
+                feat = _residual_sum(layer[-1], layer[:-1](x))
+                x = F.relu(feat)
+            else:
+                x = feat = layer(x)
+            feats.append(feat)
+        feats.append(flatten(self.avgpool(x)))
+        return feats
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.relu, self.maxpool, self.layer1, self.layer2, self.layer3, self.layer4]
+
     def classify(self, features: Tensor) -> Tensor:
         return self.fc(features)
+
+
+def _residual_sum(block: tv.BasicBlock | tv.Bottleneck, x: Tensor) -> Tensor:
+    """torchvision's block forward without its final ReLU."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, tv.Bottleneck):
+        out = block.relu(block.bn2(block.conv2(out)))
+        return block.bn3(block.conv3(out)) + identity
+    return block.bn2(block.conv2(out)) + identity
 
 
 _CONFIGS = {

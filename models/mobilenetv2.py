@@ -75,6 +75,21 @@ class MobileNetV2(ZooModel):
             x = stage(x)
         return flatten(self.avgpool(self.conv2(x)))
 
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # The reference ignores `preact`: f0 is the stem (after its ReLU), f1-f4 the outputs of blocks 1, 2, 4
+        # and 6 (no ReLU ends a block), then the pooled vector after conv2 (after its ReLU).
+        x = self.conv1(x)
+        feats = [x]
+        for i, stage in enumerate(self.blocks):
+            x = stage(x)
+            if i in (1, 2, 4, 6):
+                feats.append(x)
+        feats.append(flatten(self.avgpool(self.conv2(x))))
+        return feats
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.blocks]  # not conv2, as in the reference
+
     def classify(self, features: Tensor) -> Tensor:
         return self.classifier(features)
 

@@ -6,7 +6,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, flatten, init_convs_kaiming
+from .base import ZooModel, flatten, init_convs_kaiming, run_stage
 from .registry import register
 
 
@@ -23,11 +23,18 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
-    def forward(self, x: Tensor) -> Tensor:
+    def residual_sum(self, x: Tensor) -> Tensor:
+        """The block's output before its final ReLU."""
         residual = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.bn2(self.conv2(out)) + residual
-        return F.relu(out, inplace=True)
+        return self.bn2(self.conv2(out)) + residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.residual_sum(x), inplace=True)
+
+    def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pre = self.residual_sum(x)
+        return F.relu(pre), pre
 
 
 class ResNet(ZooModel):
@@ -64,6 +71,19 @@ class ResNet(ZooModel):
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         x = self.layer3(self.layer2(self.layer1(x)))
         return flatten(self.avgpool(x))
+
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # f0 is the stem after its ReLU whatever `preact` says; f1-f3 the stages (pre-ReLU sums with preact).
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        feats = [x]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            x, feat = run_stage(layer, x, preact)
+            feats.append(feat)
+        feats.append(flatten(self.avgpool(x)))
+        return feats
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]  # the reference's ReLU is functional here
 
     def classify(self, features: Tensor) -> Tensor:
         return self.fc(features)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, flatten, init_convs_kaiming
+from .base import ZooModel, flatten, init_convs_kaiming, run_stage
 from .registry import register
 
 
@@ -28,11 +28,18 @@ class Bottleneck(nn.Module):
                 nn.BatchNorm2d(out),
             )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def residual_sum(self, x: Tensor) -> Tensor:
+        """The block's output before its final ReLU."""
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        out = self.bn3(self.conv3(out)) + self.shortcut(x)
-        return F.relu(out, inplace=True)
+        return self.bn3(self.conv3(out)) + self.shortcut(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.residual_sum(x), inplace=True)
+
+    def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pre = self.residual_sum(x)
+        return F.relu(pre), pre
 
 
 class ResNetV2(ZooModel):
@@ -61,6 +68,19 @@ class ResNetV2(ZooModel):
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return flatten(self.avgpool(x))
+
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # f0 is the stem after its ReLU whatever `preact` says; f1-f4 the stages (pre-ReLU sums with preact).
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        feats = [x]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x, feat = run_stage(layer, x, preact)
+            feats.append(feat)
+        feats.append(flatten(self.avgpool(x)))
+        return feats
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4]
 
     def classify(self, features: Tensor) -> Tensor:
         return self.linear(features)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, channel_shuffle, flatten
+from .base import ZooModel, channel_shuffle, flatten, run_stage
 from .registry import register
 
 
@@ -25,14 +25,21 @@ class Bottleneck(nn.Module):
         if stride == 2:
             self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def residual_sum(self, x: Tensor) -> Tensor:
+        """The block's output before its final ReLU."""
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = channel_shuffle(out, self.g1)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)  # ReLU after the depthwise BN, as in the original
         out = self.bn3(self.conv3(out))
         res = self.shortcut(x)
-        out = torch.cat([out, res], 1) if self.stride == 2 else out + res  # branch first
-        return F.relu(out, inplace=True)
+        return torch.cat([out, res], 1) if self.stride == 2 else out + res  # branch first
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.residual_sum(x), inplace=True)
+
+    def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pre = self.residual_sum(x)
+        return F.relu(pre), pre
 
 
 class ShuffleNet(ZooModel):
@@ -61,6 +68,19 @@ class ShuffleNet(ZooModel):
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
         x = self.layer3(self.layer2(self.layer1(x)))
         return flatten(F.avg_pool2d(x, 4))
+
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # f0 is the stem after its ReLU whatever `preact` says; f1-f3 the stages (pre-ReLU sums with preact).
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        feats = [x]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            x, feat = run_stage(layer, x, preact)
+            feats.append(feat)
+        feats.append(flatten(F.avg_pool2d(x, 4)))
+        return feats
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]
 
     def classify(self, features: Tensor) -> Tensor:
         return self.linear(features)

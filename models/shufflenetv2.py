@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, channel_shuffle, flatten
+from .base import ZooModel, channel_shuffle, flatten, run_stage
 from .registry import register
 
 
@@ -21,12 +21,21 @@ class BasicBlock(nn.Module):
         self.conv3 = nn.Conv2d(c, c, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The passed-through half and the branch before its final ReLU."""
         x1, x2 = x[:, : self.split], x[:, self.split :]
         out = F.relu(self.bn1(self.conv1(x2)), inplace=True)
-        out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)), inplace=True)
-        return channel_shuffle(torch.cat([x1, out], 1), 2)
+        return x1, self.bn3(self.conv3(self.bn2(self.conv2(out))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, branch = self.halves(x)
+        return channel_shuffle(torch.cat([x1, F.relu(branch, inplace=True)], 1), 2)
+
+    def forward_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # The reference's pre-activation entry is the concatenation before the shuffle: its channels come in
+        # another order than the output's.
+        x1, branch = self.halves(x)
+        return channel_shuffle(torch.cat([x1, F.relu(branch)], 1), 2), torch.cat([x1, branch], 1)
 
 
 class DownBlock(nn.Module):
@@ -76,9 +85,25 @@ class ShuffleNetV2(ZooModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = F.relu(self.bn2(self.conv2(x)), inplace=True)
-        return flatten(F.avg_pool2d(x, 4))
+        return self.pooled(self.layer3(self.layer2(self.layer1(x))))
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """The head from the last stage's output: conv2, bn2, ReLU, pool."""
+        return flatten(F.avg_pool2d(F.relu(self.bn2(self.conv2(x)), inplace=True), 4))
+
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # f0 is the stem after its ReLU whatever `preact` says; f1-f3 the stages (see forward_preact), f4 the
+        # pooled vector after conv2, bn2 and ReLU.
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        feats = [x]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            x, feat = run_stage(layer, x, preact)
+            feats.append(feat)
+        feats.append(self.pooled(x))
+        return feats
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]  # not conv2 and bn2, as in the reference
 
     def classify(self, features: Tensor) -> Tensor:
         return self.linear(features)

@@ -60,6 +60,27 @@ class VGG(ZooModel):
         x = F.relu(self.block4(x), inplace=True)
         return flatten(self.pool4(x))
 
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # f0 is block0 after its ReLU whatever `preact` says; f1-f4 blocks 1-4 after their ReLU, or before it
+        # with preact (then that ReLU must not overwrite them); each entry is taken before the pool that follows.
+        h = x.shape[2]
+        x = F.relu(self.block0(x), inplace=True)
+        feats = [x]
+        x = self.pool0(x)
+        pools = (self.pool1, self.pool2, self.pool3 if h == 64 else None, self.pool4)
+        for block, pool in zip((self.block1, self.block2, self.block3, self.block4), pools):
+            pre = block(x)
+            x = F.relu(pre, inplace=not preact)
+            feats.append(pre if preact else x)
+            if pool is not None:
+                x = pool(x)
+        feats.append(flatten(x))
+        return feats
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.block0, self.pool0, self.block1, self.pool1, self.block2, self.pool2, self.block3, self.pool3,
+                self.block4, self.pool4]
+
     def classify(self, features: Tensor) -> Tensor:
         return self.classifier(features)
 

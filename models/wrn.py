@@ -57,9 +57,30 @@ class WideResNet(ZooModel):
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = self.block3(self.block2(self.block1(self.conv1(x))))
-        x = F.relu(self.bn1(x), inplace=True)
-        return flatten(F.avg_pool2d(x, 8))
+        return self.pooled(self.block3(self.block2(self.block1(self.conv1(x)))))
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """The head from block3's output: the final bn1, ReLU, pool."""
+        return flatten(F.avg_pool2d(F.relu(self.bn1(x), inplace=True), 8))
+
+    def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
+        # f0 is conv1's raw output; f1-f3 the blocks' outputs, which in this pre-activation design come before
+        # any BN. With preact the reference passes f1-f3 through the BN that next reads them (block2's and
+        # block3's first bn1, the final bn1) a second time, outside the forward: so do we, running statistics
+        # updates included, so that a train-mode step leaves the same buffers.
+        f0 = self.conv1(x)
+        f1 = self.block1(f0)
+        f2 = self.block2(f1)
+        f3 = self.block3(f2)
+        pooled = self.pooled(f3)
+        if preact:
+            f1 = self.block2.layer[0].bn1(f1)
+            f2 = self.block3.layer[0].bn1(f2)
+            f3 = self.bn1(f3)
+        return [f0, f1, f2, f3, pooled]
+
+    def feature_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.block1, self.block2, self.block3]  # not the final bn1, as in the reference
 
     def classify(self, features: Tensor) -> Tensor:
         return self.fc(features)
