@@ -108,8 +108,14 @@ class ContrastMemory(nn.Module):
     @torch.no_grad()
     def _update(self, v1: torch.Tensor, v2: torch.Tensor, index: torch.Tensor) -> None:
         """row <- normalise(m x row + (1 - m) x embedding) at each sample's index, every rank's samples."""
-        both = distributed.gather_in_rank_order(torch.cat([v1, v2], dim=1))
-        index = distributed.gather_in_rank_order(index)
+        both = torch.cat([v1, v2], dim=1)
+        if distributed.active():
+            both, index = distributed.gather_in_rank_order(both), distributed.gather_in_rank_order(index)
+            # A sample twice in the gathered batch (a sampler's padding) would be written twice by index_copy_,
+            # in an order a GPU does not fix, so ranks could differ: every copy takes its last occurrence's value.
+            positions = torch.arange(len(index), device=index.device)
+            last = torch.zeros(self.n_data, dtype=torch.long, device=index.device)
+            both = both[last.scatter_reduce_(0, index, positions, "amax")[index]]
         momentum = self.params[4]
         for memory, new in ((self.memory_v1, both[:, :v1.shape[1]]), (self.memory_v2, both[:, v1.shape[1]:])):
             rows = memory.index_select(0, index.view(-1))
@@ -163,7 +169,7 @@ class NegativeSampler(nn.Module):
         """[B, k + 1]: each sample's own index, then its negatives."""
         batch, device = labels.shape[0], labels.device
         if self.without_replacement:
-            keys = torch.rand(batch, self.labels.shape[0], device=device)
+            keys = torch.rand(batch, self.labels.shape[0], device=device, dtype=torch.float64)  # ties: 2^-53
             keys.masked_fill_(self.labels.unsqueeze(0) == labels.unsqueeze(1), 2.0)  # never among the k smallest
             negatives = keys.topk(self.k, dim=1, largest=False, sorted=False).indices
         if self.with_replacement:

@@ -52,9 +52,6 @@ class TwoStage(Distiller):
 
     stackable: ClassVar[bool] = False  # the init stage trains other modules with another optimizer
 
-    def __init__(self, student, teacher, opt: dict[str, Any], train_labels: torch.Tensor | None = None):
-        super().__init__(student, teacher, opt)
-
     @classmethod
     def init_epochs(cls, opt: dict[str, Any]) -> int:
         return opt[cls.name]["init_epochs"]

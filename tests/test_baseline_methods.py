@@ -48,8 +48,11 @@ def test_crd_negatives_are_uniform_over_the_other_classes():
 def test_crd_draws_with_replacement_only_for_classes_with_fewer_others_than_nce_k():
     train_labels = torch.tensor([0] * 35 + [1] * 5)  # class 0 has 5 others (< 12), class 1 has 35
     index = torch.tensor([0, 36])
+    sampler = NegativeSampler(train_labels, 2, 12)
     torch.manual_seed(0)
-    drawn = draw(train_labels, 12, train_labels[index], index)[:, 1:]
+    with HostReads() as reads:
+        drawn = sampler(train_labels[index], index)[:, 1:]
+    assert reads.seen == []
     assert (train_labels[drawn[0]] == 1).all() and len(set(drawn[0].tolist())) <= 5
     assert (train_labels[drawn[1]] == 0).all() and len(set(drawn[1].tolist())) == 12
 
