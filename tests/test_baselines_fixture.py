@@ -26,8 +26,9 @@ from models import build_model
 
 FILES = sorted((FIXTURES / "baselines").glob("*.pt"))
 TOL = 1e-10
-# The recordings' method names that are ours under another name (CRD+KD is CRD with a KD weight).
-METHOD = {"crd_kd": "crd"}
+# The recordings' method names that are ours under another name (CRD+KD is CRD with a KD weight; its files
+# are named crd_kd__*.pt and record the method as "crd+kd").
+METHOD = {"crd_kd": "crd", "crd+kd": "crd"}
 # RepDistiller's module names (the files' owners) where ours differ: owner -> attribute of our method.
 OWNER_ATTRIBUTES: dict[str, str] = {}
 

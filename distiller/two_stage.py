@@ -1,0 +1,67 @@
+"""What RepDistiller's two-stage methods (abound, factor, fsp) share: an init stage, then the main stage.
+
+RepDistiller's helper/pretrain.py `init`: for `init_epochs` epochs (default 30), SGD (the run's momentum and
+weight decay) trains only the init modules on the init loss, with the student in eval mode but for the init
+modules (`model_s.eval()`, then `init_modules.train()`) and the teacher in eval mode. The main stage then trains
+the student (and what the method adds) on train_student.py's loss, its frozen modules in eval mode.
+
+Not stackable: the init stage trains other modules than the main stage, with an optimizer of its own.
+
+`requires_grad` follows the stage, so that nothing outside what the stage trains asks for a gradient (as DDP
+requires): `init_train()` leaves it on exactly the init modules' parameters, `train()` exactly on the main
+stage's. Call `init_train()` before each init epoch (an evaluation resets the student's modes).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from distiller.base import Distiller
+from options.schema import NONNEG, Field
+
+INIT_OPTIONS = {"init_epochs": Field(30, "int", *NONNEG)}  # RepDistiller's --init_epochs
+IMAGE_SIZE = {"cifar100": 32, "imagenet": 224}
+
+
+@torch.no_grad()
+def stage_shapes(model: nn.Module, opt: dict[str, Any]) -> list[torch.Size]:
+    """The shapes of `model.forward_stages`' entries for two images, as train_student.py probes them (eval mode;
+    zeros rather than its random images: only the shapes are read, and no random number is drawn)."""
+    was = model.training
+    size = IMAGE_SIZE[opt["dataset"]]
+    first = next(model.parameters())
+    model.eval()
+    try:
+        feats, _ = model.forward_stages(torch.zeros(2, 3, size, size, dtype=first.dtype, device=first.device))
+    finally:
+        model.train(was)
+    return [f.shape for f in feats]
+
+
+def train_only(method: nn.Module, modules: list[nn.Module]) -> None:
+    """requires_grad on exactly the parameters of `modules`."""
+    method.requires_grad_(False)
+    for module in modules:
+        module.requires_grad_(True)
+
+
+class TwoStage(Distiller):
+    """A RepDistiller two-stage method: `init_epochs` in its options block, `init_modules` and `init_forward`."""
+
+    stackable: ClassVar[bool] = False  # the init stage trains other modules with another optimizer
+
+    @classmethod
+    def init_epochs(cls, opt: dict[str, Any]) -> int:
+        return opt[cls.name]["init_epochs"]
+
+    def init_train(self) -> None:
+        super().init_train()
+        train_only(self, self.init_modules())
+
+    def train(self, mode: bool = True) -> TwoStage:
+        super().train(mode)
+        if mode:
+            train_only(self, self.trainable_modules())
+        return self
