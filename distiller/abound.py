@@ -17,36 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from distiller.base import register
+from distiller.hint import ConvReg
 from distiller.kd import KD_OPTIONS, LOSS_CLS, kd_loss
 from distiller.two_stage import INIT_OPTIONS, TwoStage, stage_shapes, train_only
-from options.schema import OptionsError
 
 MARGIN = 1.0  # ABLoss's margin
-
-
-class ConvReg(nn.Module):
-    """RepDistiller's ConvReg (models/util.py): a student map to the teacher's shape, conv then BatchNorm (then
-    ReLU if `use_relu`)."""
-
-    def __init__(self, s_shape: torch.Size, t_shape: torch.Size, use_relu: bool = True):
-        super().__init__()
-        self.use_relu = use_relu
-        _, s_c, s_h, s_w = s_shape
-        _, t_c, t_h, t_w = t_shape
-        if s_h == 2 * t_h:
-            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
-        elif s_h * 2 == t_h:
-            self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
-        elif s_h >= t_h:
-            self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
-        else:
-            raise OptionsError(f"a student feature map of {s_h}x{s_w} cannot be regressed onto the teacher's "
-                               f"{t_h}x{t_w} (RepDistiller's ConvReg cannot either); choose another pair")
-        self.bn = nn.BatchNorm2d(t_c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.conv(x))
-        return F.relu(x, inplace=True) if self.use_relu else x
 
 
 class Connector(nn.Module):

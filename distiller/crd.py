@@ -184,13 +184,12 @@ class NegativeSampler(nn.Module):
 @register("crd")
 class CRD(Distiller):
     n_views = 1
+    needs_index = True  # the memory holds one row per training sample
     stackable = False  # random negatives drawn in forward (see the module's docstring)
     options = OPTIONS
 
-    def __init__(self, student, teacher, opt: dict[str, Any], train_labels: torch.Tensor | None = None):
+    def __init__(self, student, teacher, opt: dict[str, Any], train_labels: torch.Tensor):
         super().__init__(student, teacher, opt)
-        if train_labels is None:
-            raise ValueError("crd needs train_labels: its memory holds one row per training sample")
         c = opt["crd"]
         self.w_cls, self.w_kd, self.kd_T, self.w_crd = opt["loss_cls"], opt["loss_kd"], opt["kd_T"], opt["loss_crd"]
         self.n_data = len(train_labels)
@@ -210,10 +209,9 @@ class CRD(Distiller):
         rank, batch = dist.get_rank(), labels.shape[0]
         return self.sampler(both[:, 0], both[:, 1])[rank * batch:(rank + 1) * batch]
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                 contrast_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if index is None:
-            raise ValueError("crd needs each sample's training-set index (its memory is indexed by it)")
+        """`contrast_idx`: the negatives (column 0 the sample itself), drawn here unless given."""
         features, logits = self.student(x, with_features=True)
         with torch.no_grad():
             teacher_features, teacher_logits = self.teacher(x, with_features=True)

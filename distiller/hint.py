@@ -32,8 +32,8 @@ class ConvReg(nn.Module):
         elif s_h >= t_h:
             self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
         else:
-            raise ValueError(f"ConvReg: a student map of height {s_h} cannot be mapped onto a teacher map of "
-                             f"height {t_h}")
+            raise OptionsError(f"a student feature map of {s_h}x{s_w} cannot be regressed onto the teacher's "
+                               f"{t_h}x{t_w} (RepDistiller's ConvReg cannot either); choose another pair")
         self.bn = nn.BatchNorm2d(t_c)
 
     def forward(self, x: Tensor) -> Tensor:
