@@ -74,13 +74,13 @@ def make_batches(arrays: CifarArrays, trials: int, speed: Speed, device: torch.d
                  workers: int) -> TrainBatches:
     if speed.loader == "gpu":
         first = GPULoader(arrays.train_images, arrays.train_labels, batch, 3, device, channels_last=speed.channels_last)
-        return TrainBatches([first] + [first.sibling() for _ in range(trials - 1)])
+        return TrainBatches([first] + [first.sibling() for _ in range(trials - 1)], arrays.train_labels)
     loaders = []
     for _ in range(trials):
         g = torch.Generator()
         train, _ = build_torchvision_loaders(arrays, batch, 3, workers, device.type == "cuda", generator=g)
         loaders.append(DeviceBatches(train, device, speed.channels_last, g))
-    return TrainBatches(loaders)
+    return TrainBatches(loaders, arrays.train_labels)
 
 
 def copies(methods: list[CoCoRD]) -> list[CoCoRD]:

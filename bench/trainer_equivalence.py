@@ -68,7 +68,7 @@ def train(speed: Speed, folder: Path, pair: str, trials: int, device: torch.devi
         trial = Trial(TrialPaths(folder / f"trial_{k + 1}"), seed + k, TrialRNG(seed + k))
         trial.saved = (method.checkpoint_state(), None)
         run_trials.append(trial)
-    batches = TrainBatches(loaders)
+    batches = TrainBatches(loaders, arrays.train_labels)
     context = RunContext(opt, Progress(epochs, len(batches), enabled=False), min_batch=2)
     build = group_builder(methods, run_trials, opt, speed, device, batches)
     Trainer(context, run_trials, build, test).fit()

@@ -36,10 +36,6 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
-    @property
-    def n_data(self) -> int:
-        return len(self.loader.dataset)
-
     def set_epoch_seed(self, seed: int) -> None:
         if self.generator is not None:
             self.generator.manual_seed(seed)
@@ -61,10 +57,11 @@ class TrainBatches:
     """One step's training batches of every trial: `(views, labels, index)`, each view [B, ...] for a run of one
     trial, [trials, B, ...] when `stacked` (a run of several, even once only one of them is left training); index
     (int64, [B] or [trials, B]) holds each sample's position in the training set, 0..n_data - 1 (under torchrun
-    too: a rank's share of the whole set). `n_data`: the training set's size, which per-sample memories need."""
+    too: a rank's share of the whole set). `train_labels`: every training sample's label, in that order (a method
+    with a per-sample memory is sized by it); `n_data` its length."""
 
-    def __init__(self, loaders: list[Any], stacked: bool | None = None):
-        self.loaders = loaders
+    def __init__(self, loaders: list[Any], train_labels: torch.Tensor, stacked: bool | None = None):
+        self.loaders, self.train_labels = loaders, train_labels
         self.stacked = len(loaders) > 1 if stacked is None else stacked
 
     def __len__(self) -> int:
@@ -72,10 +69,12 @@ class TrainBatches:
 
     @property
     def n_data(self) -> int:
-        return self.loaders[0].n_data
+        return len(self.train_labels)
 
-    def subset(self, keep: list[int]) -> TrainBatches:
-        return TrainBatches([self.loaders[k] for k in keep], self.stacked)
+    def subset(self, keep: list[int], stacked: bool | None = None) -> TrainBatches:
+        """Those trials' batches (still stacked, unless `stacked` says otherwise)."""
+        return TrainBatches([self.loaders[k] for k in keep], self.train_labels,
+                            self.stacked if stacked is None else stacked)
 
     def set_epoch(self, seeds: list[int]) -> None:
         for loader, seed in zip(self.loaders, seeds, strict=True):
@@ -105,7 +104,7 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: S
             loaders.append(DeviceBatches(train, device, speed.channels_last, generator))
         test = DeviceBatches(test, device, speed.channels_last)
         test.sharded = world_size > 1  # each rank a part of the validation set: the trainer sums the totals
-        return TrainBatches(loaders), test
+        return TrainBatches(loaders, torch.as_tensor(loaders[0].loader.dataset.targets)), test
     arrays = load_cifar100(opt["data_folder"], download=opt["download"])
     check_labels(arrays.train_labels, arrays.test_labels, opt["n_cls"])
     check_trainable(len(arrays.train_labels), min_batch, world_size, opt["distill"])
@@ -115,7 +114,7 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: S
         loaders += [loaders[0].sibling() for _ in range(trials - 1)]
         test = GPUTestLoader(arrays.test_images, arrays.test_labels, opt["batch_size"], device,
                              channels_last=speed.channels_last)
-        return TrainBatches(loaders), test
+        return TrainBatches(loaders, arrays.train_labels), test
     loaders = []
     for _ in range(trials):
         generator = torch.Generator()
@@ -123,7 +122,7 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: S
         train, test = build_torchvision_loaders(arrays, opt["batch_size"], n_views, workers, pin,
                                                 generator=generator, sampler=train_sampler)
         loaders.append(DeviceBatches(train, device, speed.channels_last, generator))
-    return TrainBatches(loaders), DeviceBatches(test, device, speed.channels_last)
+    return TrainBatches(loaders, arrays.train_labels), DeviceBatches(test, device, speed.channels_last)
 
 
 def _distributed_sampler(rank: int, world_size: int):

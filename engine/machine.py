@@ -67,14 +67,19 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*performance drop because we have not yet implemented the batching.*")
 
 
+TRAIN_SIZE = {"cifar100": 50_000, "imagenet": 1_281_167}  # training images of each dataset
+
+
 def check_memory(method_cls: type[Distiller], opt: dict[str, Any], teacher_arch: str | None, trials: int,
                  device: torch.device) -> None:
     """Refuse, before anything is built, options whose weights, optimizer state and buffers alone would not fit
     (a typo in a size, say): built on the meta device, which allocates nothing."""
+    # A per-sample memory is sized by the training set, not read yet: the full dataset's size stands in for it.
+    extra = {"train_labels": torch.arange(TRAIN_SIZE[opt["dataset"]]) % opt["n_cls"]} if method_cls.needs_index else {}
     with torch.device("meta"):
         student = build_model(opt["student_model"], opt["n_cls"])
         teacher = build_model(teacher_arch, opt["n_cls"]) if teacher_arch else None
-        method = method_cls(student, teacher, opt)
+        method = method_cls(student, teacher, opt, **extra)
     sizes = {k: t.numel() * t.element_size() for k, t in method.checkpoint_state().items()}
     trained = sum(p.numel() * p.element_size() for p in method.trainable_parameters())
     need = (sum(sizes.values()) + 2 * trained) * trials  # + gradients and momentum

@@ -44,6 +44,9 @@ class SingleTrial:
         self.method.train(mode)
         return self
 
+    def start_epoch(self, epoch: int) -> None:
+        self.method.start_epoch(epoch)
+
     def compile(self) -> None:
         # Each part on its own: the method's forward stays eager, so its side stream can overlap them.
         for child in self.method.children():
@@ -105,6 +108,9 @@ class StackedTrials(nn.Module):
     def train(self, mode: bool = True) -> StackedTrials:
         self.skeleton.train(mode)
         return super().train(mode)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.skeleton.start_epoch(epoch)  # what it writes is shared by the trials (none of their stacked state)
 
     def trained_parameters(self) -> list[torch.Tensor]:  # what SGD trains, in a single run's order
         return [self.state[n] for n in self.trained]

@@ -20,7 +20,7 @@ from engine.machine import quiet_library_warnings
 from engine.plan import Command, Plan, check
 from engine.resume import plan_folder
 from engine.teacher import check_teacher_outputs
-from engine.trainer import RunContext, Trainer
+from engine.trainer import RunContext, Trainer, TrainingDiverged
 from engine.trial import ResumeError, saved_epoch
 from engine.writing import (
     FolderBusy,
@@ -59,7 +59,7 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
     # after rank 0 has begun to write them, and would take its half-made folder for someone else's run.
     if not plan.checkpoints and rank == 0:
         plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
-    methods, extra = build(plan, test_batches, world, progress)
+    methods, extra = build(plan, train_batches.train_labels, test_batches, world, progress)
     locks = lock_trials(plan.trials) if rank == 0 else []  # the first write: another run of these trials stops here
     try:
         if rank == 0:
@@ -77,10 +77,12 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
             lock.release()
 
 
-def build(plan: Plan, test_batches: Any, world: int, progress: Progress) -> tuple[list[Distiller], dict[str, Any]]:
+def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int, progress: Progress
+          ) -> tuple[list[Distiller], dict[str, Any]]:
     """One method per trial (initialised from the trial's own seed, or from its checkpoint), and the teacher's
     test accuracy: still nothing written."""
     opt, device = plan.opt, plan.device
+    extra_args = {"train_labels": train_labels} if plan.method_cls.needs_index else {}
     fmt = torch.channels_last if plan.speed.channels_last else torch.contiguous_format
     methods = []
     for trial in plan.trials:
@@ -90,7 +92,7 @@ def build(plan: Plan, test_batches: Any, world: int, progress: Progress) -> tupl
             student = build_model(opt["student_model"], opt["n_cls"])
             if opt["sync_bn"] and world > 1:
                 student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-            method = plan.method_cls(student, plan.teacher, opt).to(device=device, memory_format=fmt)
+            method = plan.method_cls(student, plan.teacher, opt, **extra_args).to(device=device, memory_format=fmt)
         if ckpt is not None:
             method.load_checkpoint_state(ckpt["method"])
         trial.saved = (method.checkpoint_state(), None if ckpt is None else ckpt["optimizer"])
@@ -134,19 +136,42 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
                      "resume with --set epochs=N")
         return
     progress.steps = len(train_batches)
-    run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, rank == 0, world > 1, extra,
-                         plan.teacher_fingerprint,
+    run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, plan.method_cls.needs_index, len(plan.trials) > 1,
+                         rank == 0, world > 1, extra, plan.teacher_fingerprint,
                          distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None)
     where = plan.trials[0].paths.folder if len(plan.trials) == 1 else plan.trials[0].paths.folder.parent
     progress.say(f"training {opt['student_model']} ({opt['distill']}, {plural(len(left), 'trial')}) on {device} "
                  f"for {plural(opt['epochs'], 'epoch')}; logs in {where}")
-    build = group_builder(methods, plan.trials, opt, plan.speed, device, train_batches, distributed=world > 1)
-    Trainer(run_ctx, plan.trials, build, test_batches).fit()
+    if plan.method_cls.stackable or len(plan.trials) == 1:
+        build = group_builder(methods, plan.trials, opt, plan.speed, device, train_batches, distributed=world > 1)
+        Trainer(run_ctx, plan.trials, build, test_batches).fit()
+    else:
+        train_one_by_one(plan, run_ctx, methods, train_batches, test_batches, progress)
     for trial in plan.trials:
         s = trial.state
         if trial.diverged is None and s.history:
             progress.say(f"{trial.paths.folder}: best test top-1 {s.best_acc:.2f}% (epoch {s.best_epoch}), last "
                          f"{s.history[-1]['val_top1']:.2f}% (epoch {s.epoch})")
+
+
+def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], train_batches: TrainBatches,
+                     test_batches: Any, progress: Progress) -> None:
+    """A method that cannot be stacked (distill/base.py) trains its trials one after another, each exactly as a
+    run of it alone; one that stops does not stop the others."""
+    progress.say(f"distill: {plan.opt['distill']} trains its trials one after another (its trials cannot be "
+                 "stacked)")
+    stopped = []
+    for k, trial in enumerate(plan.trials):
+        batches = train_batches.subset([k], stacked=False)
+        build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
+        try:
+            Trainer(run_ctx, [trial], build, test_batches).fit()
+        except TrainingDiverged as err:
+            stopped.append(str(err))
+            if k + 1 < len(plan.trials):
+                progress.say(f"error: {err}; the other trials go on")
+    if stopped:
+        raise TrainingDiverged(f"{len(stopped)} of {len(plan.trials)} trials stopped: " + "; ".join(stopped))
 
 
 def interrupted_message(plan: Plan, cmd: Command) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from engine import parallel
 from engine.replicas import SingleTrial, StackedTrials
 from utils.meter import DeviceMeter
 
@@ -60,23 +61,25 @@ def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, views:
     return out
 
 
+StepFn = Callable[[list[torch.Tensor], torch.Tensor, "torch.Tensor | None"], object]
+
+
 class GraphedStep:
-    """Calls `step(views, labels)`; full batches go through one captured CUDA graph, the smaller last
+    """Calls `step(views, labels, index)`; full batches go through one captured CUDA graph, the smaller last
     batch of an epoch runs eagerly."""
 
-    def __init__(self, step: Callable[[list[torch.Tensor], torch.Tensor], object], full_batch: int,
-                 warmup_steps: int = 3):
+    def __init__(self, step: StepFn, full_batch: int, warmup_steps: int = 3):
         self.step, self.full_batch, self.warmup_left = step, full_batch, warmup_steps
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: tuple[list[torch.Tensor], torch.Tensor] | None = None
+        self.static: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None] | None = None
 
     def invalidate(self) -> None:
         """Forget the graph; the next full batch captures anew."""
         self.graph = None
 
-    def __call__(self, views: list[torch.Tensor], labels: torch.Tensor) -> None:
+    def __call__(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor | None = None) -> None:
         if labels.shape[-1] != self.full_batch:
-            self.step(views, labels)
+            self.step(views, labels, index)
             return
         if self.warmup_left > 0:
             # Real training steps, on a side stream as capture requires (lazy init, cuDNN choices).
@@ -84,15 +87,15 @@ class GraphedStep:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self.step(views, labels)
+                self.step(views, labels, index)
             torch.cuda.current_stream().wait_stream(stream)
             return
         if self.static is None:
-            self.static = ([v.clone() for v in views], labels.clone())
+            self.static = ([v.clone() for v in views], labels.clone(), None if index is None else index.clone())
         else:
-            for dst, src in zip(self.static[0], views):
-                dst.copy_(src)
-            self.static[1].copy_(labels)
+            for dst, src in zip([*self.static[0], self.static[1], self.static[2]], [*views, labels, index]):
+                if dst is not None:
+                    dst.copy_(src)
         if self.graph is None:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):  # records only: the replay below performs this batch's step
@@ -102,14 +105,14 @@ class GraphedStep:
 
 
 class Step:
-    """`step(views, labels)` trains on one batch; `set_lr(lr)` before an epoch."""
+    """`step(views, labels, index)` trains on one batch (index: for a method that needs it, else None);
+    `set_lr(lr)` before an epoch."""
 
-    def __init__(self, run: Callable[[list[torch.Tensor], torch.Tensor], object],
-                 optimizer: torch.optim.Optimizer, graphed: GraphedStep | None):
+    def __init__(self, run: StepFn, optimizer: torch.optim.Optimizer, graphed: GraphedStep | None):
         self._run, self.optimizer, self.graphed = run, optimizer, graphed
 
-    def __call__(self, views: list[torch.Tensor], labels: torch.Tensor) -> None:
-        self._run(views, labels)
+    def __call__(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        self._run(views, labels, index)
 
     def set_lr(self, lr: float) -> None:
         changed = any(group["lr"] != lr for group in self.optimizer.param_groups)
@@ -129,10 +132,41 @@ def build_step(replicas: SingleTrial | StackedTrials, optimizer: torch.optim.Opt
         else contextlib.nullcontext
     module = replicas.module if isinstance(replicas, SingleTrial) else replicas
 
-    def run(views: list[torch.Tensor], labels: torch.Tensor) -> None:
-        train_step(module, optimizer, views, labels, None, meter, autocast)
+    def run(views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        train_step(module, optimizer, views, labels, index, meter, autocast)
     graphed = GraphedStep(run, full_batch) if speed.cuda_graph else None
     return Step(graphed or run, optimizer, graphed)
+
+
+class _InitForward(torch.nn.Module):
+    """A method's init stage as a module (so that torchrun's DDP can wrap it)."""
+
+    def __init__(self, method: torch.nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.method.init_forward(*args)
+
+
+class InitStep:
+    """One step of a method's init stage: SGD at its init learning rate over its init modules, on the first view;
+    the modes are the method's `init_train()`, set by `start_epoch` (an evaluation may have reset them)."""
+
+    def __init__(self, method: Any, opt: dict[str, Any], distributed: bool, device: torch.device):
+        self.method = method
+        method.init_train()  # before DDP sees which parameters train
+        params = [p for m in method.init_modules() for p in m.parameters()]
+        self.optimizer = build_optimizer(params, opt, lr=type(method).init_learning_rate(opt))
+        module = _InitForward(method)
+        self.module = parallel.wrap(module, device) if distributed else module
+
+    def start_epoch(self) -> None:
+        self.method.init_train()
+
+    def __call__(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor | None
+                 ) -> dict[str, torch.Tensor]:
+        return train_step(self.module, self.optimizer, views[:1], labels, index)
 
 
 def _raise_recompile_limit() -> None:

@@ -5,6 +5,7 @@ Trials that need the same epoch train together as one group. A trial whose loss 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import torch
 
 from engine.evaluation import evaluate_trials
 from engine.group import Group
-from engine.step import lr_at
+from engine.step import InitStep, lr_at
 from engine.trial import RunState, TrialPaths, make_checkpoint, save_epoch
 from utils.progress import Progress
 from utils.rng import TrialRNG
@@ -49,6 +50,8 @@ class RunContext:
     opt: dict[str, Any]
     progress: Progress
     min_batch: int
+    pass_index: bool = False  # the method takes each sample's training-set index
+    several: bool = False  # the run trains several trials (its lines name them)
     is_main: bool = True
     distributed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # written into every results.json (teacher_acc, ...)
@@ -73,33 +76,63 @@ class Trainer:
             members = [t for t in live if t.state.epoch == epoch - 1]
             if self.group is None or self.group.trials != members:
                 self.group = self.build_group(members)
+                if epoch == 1:
+                    self.init_stage(self.group)
             self.train_epoch(self.group, epoch)
         failed = [t.diverged for t in self.trials if t.diverged]
         if failed:
             raise TrainingDiverged(failed[0] if len(self.trials) == 1 else
                                    f"{len(failed)} of {len(self.trials)} trials stopped: " + "; ".join(failed))
 
+    def init_stage(self, group: Group) -> None:
+        """A method's init stage (RepDistiller's two-stage methods: a method with one trains its trials one by
+        one), before its first epoch. Not checkpointed: a run stopped before its first epoch ends starts over.
+        TensorBoard: loss_init/total at steps 1 - init_epochs .. 0, before epoch 1's."""
+        method = getattr(group.replicas, "method", None)
+        epochs = 0 if method is None else type(method).init_epochs(self.run.opt)
+        if not epochs:
+            return
+        step = InitStep(method, self.run.opt, self.run.distributed, group.meter.device)
+        for e in range(1, epochs + 1):
+            group.batches.set_epoch([t.rng.draw_seed() for t in group.trials])
+            step.start_epoch()
+            total, images = 0.0, 0
+            with _random_state(group):
+                for views, labels, index in group.batches:
+                    if labels.shape[-1] < self.run.min_batch:
+                        continue
+                    out = step(views, labels, index if self.run.pass_index else None)
+                    total, images = total + out["loss"].detach() * labels.shape[-1], images + labels.shape[-1]
+            loss = float(total) / max(images, 1)  # one read per init epoch
+            label = f" of {group.trials[0].label}" if self.run.several else ""
+            self.run.progress.say(f"init stage{label} epoch {e}/{epochs}: loss {loss:.4f}")
+            for trial in group.trials:
+                if trial.writer is not None:
+                    trial.writer.add_scalar("loss_init/total", loss, e - epochs)
+
     def train_epoch(self, group: Group, epoch: int) -> None:
         opt, progress = self.run.opt, self.run.progress
         lr = lr_at(epoch, opt)
         group.step.set_lr(lr)
         group.batches.set_epoch([t.rng.draw_seed() for t in group.trials])
+        group.replicas.start_epoch(epoch)
         group.replicas.train()
         group.meter.reset()
         progress.start_epoch(epoch, lr)
         t0, steps = time.perf_counter(), 0
-        for views, labels, index in group.batches:  # noqa: B007 - the index is for per-sample memories (CRD)
-            if labels.shape[-1] < self.run.min_batch:
-                self._skip_note(labels.shape[-1])
-                continue
-            group.step(views, labels)
-            steps += 1
-            progress.step()
-            # Under torchrun only the epoch end reads (reduced) statistics: a rank stopping alone would hang.
-            if steps % opt["print_freq"] == 0 and not self.run.distributed:
-                stats = group.meter.read()
-                progress.update(stats[0])
-                self._check_running(group, stats, epoch)
+        with _random_state(group):
+            for views, labels, index in group.batches:
+                if labels.shape[-1] < self.run.min_batch:
+                    self._skip_note(labels.shape[-1])
+                    continue
+                group.step(views, labels, index if self.run.pass_index else None)
+                steps += 1
+                progress.step()
+                # Under torchrun only the epoch end reads (reduced) statistics: a rank stopping alone would hang.
+                if steps % opt["print_freq"] == 0 and not self.run.distributed:
+                    stats = group.meter.read()
+                    progress.update(stats[0])
+                    self._check_running(group, stats, epoch)
         group.replicas.end_epoch(group.meter)
         stats = group.meter.read()
         t_test = time.perf_counter()
@@ -116,7 +149,7 @@ class Trainer:
                 self._stop(trial, problem)
                 continue
             self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], times)
-            lines.append(("" if len(self.trials) == 1 else f" {trial.label}", stats[k], vals[k]))
+            lines.append((f" {trial.label}" if self.run.several else "", stats[k], vals[k]))
         progress.end_epoch(lines)
 
     def _skip_note(self, size: int) -> None:
@@ -138,7 +171,7 @@ class Trainer:
     def _stop(self, trial: Trial, problem: str) -> None:
         kept = trial.paths.checkpoint
         kept_note = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
-        prefix = "" if len(self.trials) == 1 else f"{trial.label}: "
+        prefix = f"{trial.label}: " if self.run.several else ""
         trial.diverged = f"{prefix}{problem}; training stopped, {kept_note}"
         if len(self.trials) > 1:
             self.run.progress.say(f"error: {trial.diverged}; the other trials go on")
@@ -165,6 +198,12 @@ class Trainer:
                                optimizer=optimizer_state, state=state, accuracy=val["top1"], opt=self.run.opt,
                                rng=trial.rng.state, seed=trial.seed, teacher_fingerprint=self.run.teacher_fingerprint)
         save_epoch(trial.paths, ckpt, {**self.run.extra, "trial": trial.paths.number, "seed": trial.seed})
+
+
+def _random_state(group: Group) -> contextlib.AbstractContextManager:
+    """A trial trained alone draws from its own random state (a method that draws in its step, CRD, then repeats
+    its draws on resume); stacked trials draw nothing in their step (distiller/base.py)."""
+    return group.trials[0].rng.active() if len(group.trials) == 1 else contextlib.nullcontext()
 
 
 def _problem(train: dict[str, Any], val: dict[str, float] | None, epoch: int) -> str | None:
