@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engine.trial import ResumeError, TrialPaths, saved_epoch
 from options.schema import OptionsError, parse_overrides
 from options.settings import flatten, result_settings
+from utils.trialfiles import TrialFileRefused, read_trial_options
 
 # Keys that decide what is trained: a resume keeps them whatever the command says.
 FIXED = ("student_model", "teacher_model", "distill", "dataset", "n_cls", "batch_size", "seed", "experiment_name")
@@ -113,11 +112,12 @@ def plan_folder(paths: TrialPaths, opt: dict[str, Any], replace: bool) -> Folder
 
 
 def _read_options(path: Path) -> dict[str, Any] | None:
+    """A trial's options.yml within the options file's limits (an alias bomb there must not hang the check);
+    None if it is missing or refused."""
     try:
-        opt = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return read_trial_options(path)
+    except TrialFileRefused:
         return None
-    return opt if isinstance(opt, dict) else None
 
 
 def _describe_existing(paths: TrialPaths) -> str:
