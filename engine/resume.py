@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engine.trial import ResumeError, TrialPaths, saved_epoch
 from options.schema import Field, OptionsError, parse_overrides
 from options.settings import fields, flatten, result_settings, unflatten
+from utils.trialfiles import TrialFileRefused, read_trial_options
 
 
 def _field(key: str, table: dict[str, Field]) -> Field:
@@ -92,11 +91,12 @@ def plan_folder(paths: TrialPaths, opt: dict[str, Any], replace: bool) -> Folder
 
 
 def _read_options(path: Path) -> dict[str, Any] | None:
+    """A trial's options.yml within the options file's limits (an alias bomb there must not hang the check);
+    None if it is missing or refused."""
     try:
-        opt = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return read_trial_options(path)
+    except TrialFileRefused:
         return None
-    return opt if isinstance(opt, dict) else None
 
 
 def _describe_existing(paths: TrialPaths) -> str:

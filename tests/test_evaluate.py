@@ -7,6 +7,7 @@ import io
 import json
 import math
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +27,27 @@ from models import build_model
 EVALUATE = ROOT / "tools" / "evaluate.py"
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EVALUATE), *args], capture_output=True, text=True, timeout=120)
+def run_tool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EVALUATE), *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
 
 
-def evaluated(*args: str) -> dict:
-    proc = run_tool(*args, "--cpu", "--json")
+def evaluated(*args: str, cwd: Path | None = None) -> dict:
+    proc = run_tool(*args, "--cpu", "--json", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, tiny_cifar: str) -> Path:
+    """A run as `make demo` makes one: 10 classes of data in ./data_demo (relative, as the demo's options say),
+    trained by main.py; returns its folder (the working directory of the run)."""
+    work = tmp_path_factory.mktemp("demo")
+    shutil.copytree(tiny_cifar, work / "data_demo")
+    write_yaml(work / "opt.yml", tiny_options("./data_demo", None, distill="none", epochs=2))
+    proc = run_main(["-opt", "opt.yml", "-t", "1", "--quiet"], cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return work
 
 
 def reference(model: torch.nn.Module, data: str) -> dict:
@@ -94,20 +108,34 @@ def test_crd_teacher_and_text_line(tmp_path: Path, tiny_cifar: str) -> None:
     assert math.isclose(printed_loss, ref["loss"], abs_tol=6e-5), (line, ref["loss"])  # 4 decimals printed
 
 
-def test_checkpoints_of_a_real_run(tmp_path: Path, tiny_cifar: str) -> None:
+@pytest.mark.slow
+def test_checkpoints_of_a_real_run(demo_run: Path) -> None:
     """best.pth and the last epoch's file of a `main.py` run score what the run recorded."""
-    write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, None, distill="none", epochs=2))
-    proc = run_main(["-opt", "opt.yml", "-t", "1", "--quiet"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (trial,) = (tmp_path / "experiments").glob("*/trial_1")
+    (trial,) = (demo_run / "experiments").glob("*/trial_1")
     results = json.loads((trial / "results.json").read_text())
-    best = evaluated(str(trial / "model" / "best.pth"), "--data-folder", tiny_cifar)
-    last = evaluated(str(trial / "model" / "ckpt_epoch_2.pth"), "--data-folder", tiny_cifar)
+    data = str(demo_run / "data_demo")
+    best = evaluated(str(trial / "model" / "best.pth"), "--data-folder", data)
+    last = evaluated(str(trial / "model" / "ckpt_epoch_2.pth"), "--data-folder", data)
     assert best["architecture"] == last["architecture"] == "resnet8"
     assert math.isclose(best["top1"], results["best_acc"], abs_tol=1e-9)
     assert math.isclose(last["top1"], results["last_acc"], abs_tol=1e-9)
     assert math.isclose(last["top5"], results["last_top5"], abs_tol=1e-9)
     assert math.isclose(last["loss"], results["history"][-1]["val_loss"], rel_tol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_run_is_evaluated_on_its_own_data(demo_run: Path, tmp_path: Path) -> None:
+    """No flags: the data_folder, dataset and n_cls of the run's options.yml (trial_N/ beside model/), as the run
+    itself read them (relative to where it ran); from elsewhere, one line says where the data was looked for."""
+    (trial,) = (demo_run / "experiments").glob("*/trial_1")
+    rel = trial.relative_to(demo_run) / "model" / "best.pth"
+    out = evaluated(str(rel), cwd=demo_run)
+    assert math.isclose(out["top1"], json.loads((trial / "results.json").read_text())["best_acc"], abs_tol=1e-9)
+    assert (out["data_folder"], out["n_cls"], out["options"]) == ("./data_demo", 10, str(trial / "options.yml"))
+    proc = run_tool(str(trial / "model" / "best.pth"), "--cpu", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"no cifar-100-python/ folder in ./data_demo (the data_folder of {trial / 'options.yml'})" in proc.stderr
+    assert "download" not in proc.stderr and "--data-folder" in proc.stderr
 
 
 def test_imagenet_folder(tmp_path: Path) -> None:
@@ -131,8 +159,13 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, tiny_cifar: str) -> None:
     torch.save({"model": build_model("resnet8", 5).state_dict()}, small)
     ok = tmp_path / "ten.pth"
     torch.save({"model": build_model("resnet8", 10).state_dict()}, ok)
+    diverged = tmp_path / "nan.pth"
+    weights = build_model("resnet8", 10).state_dict()
+    weights["fc.weight"][0, 0] = float("nan")
+    torch.save({"model": weights}, diverged)
     cases = {
-        "does not exist": [str(tmp_path / "missing.pth"), "--data-folder", tiny_cifar],
+        "checkpoint": [str(tmp_path / "missing.pth"), "--data-folder", tiny_cifar],
+        "not finite": [str(diverged), "--data-folder", tiny_cifar],
         "not a PyTorch checkpoint": [str(text), "--data-folder", tiny_cifar],
         "CIFAR-100 not found": [str(ok), "--data-folder", str(tmp_path / "no_data")],
         "not what --n-cls 100": [str(ok), "--data-folder", tiny_cifar, "--n-cls", "100"],
@@ -149,4 +182,10 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, tiny_cifar: str) -> None:
             code = tool.main([*args, "--cpu"])
         assert code == 2, (expected, out.getvalue(), err.getvalue())
         assert out.getvalue() == "" and len(err.getvalue().strip().splitlines()) == 1, (expected, err.getvalue())
-        assert expected in err.getvalue(), (expected, err.getvalue())
+        assert err.getvalue().startswith("error: ") and expected in err.getvalue(), (expected, err.getvalue())
+        assert "allow the download" not in err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        tool.main([str(tmp_path / "missing.pth"), "--cpu"])
+    assert f"checkpoint {tmp_path / 'missing.pth'} does not exist; give a .pth file" in err.getvalue()
+    assert "teacher" not in err.getvalue()  # a missing checkpoint is not a missing teacher

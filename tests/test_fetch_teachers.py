@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import http.server
 import importlib.util
 import io
@@ -26,6 +27,9 @@ _spec = importlib.util.spec_from_file_location("fetch_teachers", SCRIPT)
 ft = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ft)
 import teacher_archive  # noqa: E402  (tools/, put on the path above)
+
+ta = teacher_archive
+MIB = ta.MIB
 
 ACC = {"resnet8": 71.25, "resnet14": 68.5}
 
@@ -63,7 +67,11 @@ def server(archive: Path):
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(archive.parent)))
+    class QuietServer(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client that stops reading (a download over its limit) is no error of the server's
+
+    httpd = QuietServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(archive.parent)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -259,3 +267,70 @@ def test_archive_that_is_a_named_pipe_does_not_hang(tmp_path: Path) -> None:
     r = _run("--archive", str(fifo), "--dest", "t_model", cwd=tmp_path)
     assert r.returncode == 2 and len(_lines(r.stderr)) == 1 and "is not a regular file" in r.stderr, r.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["cifar_teachers.tar"]
+
+
+def _gz_tar(path: Path, members: dict[str, int]) -> Path:
+    """A .tar.gz holding {name: size} members of zeros (a few KB on disk however large the members)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, size in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    return path
+
+
+def test_teacher_over_the_size_limit_is_refused_unwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A small .tar.gz whose teacher is megabytes of zeros (the review's: 3 MB holding 3 GiB), with the limit
+    set low: refused in one line naming the limit, before anything is written."""
+    bomb = _gz_tar(tmp_path / "bomb.tar.gz", {"cifar_teachers/resnet8_vanilla/ckpt_epoch_240.pth": 3 * MIB})
+    assert bomb.stat().st_size < 50_000
+    dest = tmp_path / "t_model"
+    line = _refused(["--archive", str(bomb), "--dest", str(dest), "--max-teacher-mb", "1"], "over the 1 MiB limit",
+                    "resnet8_vanilla", "--max-teacher-mb", capsys=capsys)
+    assert "3.0 MiB" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]  # no dest, no temp file
+    with pytest.raises(ft.FetchError, match="over the 1 MiB limit"):
+        ft.install_from_archive(bomb, dest, max_teacher_bytes=MIB)
+
+
+def test_bomb_under_another_name_is_not_expanded_to_list_members(tmp_path: Path) -> None:
+    """A member (not a teacher) whose header claims 64 MiB, then the teacher: refused at the header. The
+    member's data is cut short, so a reader that expanded it to reach the next header would find the archive
+    truncated instead of reporting the size."""
+    header = tarfile.TarInfo("junk/zeros.bin")
+    header.size = 64 * MIB
+    cut = tmp_path / "bomb.tar.gz"
+    with gzip.open(cut, "wb") as f:
+        f.write(header.tobuf() + bytes(4096))
+    with pytest.raises(ft.FetchError, match=r"member 'junk/zeros.bin' holds 64.0 MiB .* over the 1 MiB limit"):
+        ft.install_from_archive(cut, tmp_path / "t", max_teacher_bytes=MIB)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
+
+
+def test_members_over_the_archive_limit_in_all(tmp_path: Path) -> None:
+    members = {f"cifar_teachers/x{i}/notes.bin": MIB - 1000 for i in range(ta.ARCHIVE_FACTOR + 1)}
+    many = _gz_tar(tmp_path / "many.tar.gz", members)
+    with pytest.raises(ft.FetchError, match=f"more than {ta.ARCHIVE_FACTOR} MiB or {ta.MAX_MEMBERS} members in all"):
+        ft.install_from_archive(many, tmp_path / "t", max_teacher_bytes=MIB)
+
+
+def test_copy_stops_at_the_limit_whatever_the_header_said(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    ta._copy_limited(io.BytesIO(bytes(1000)), out, 1000, "member")
+    assert out.getvalue() == bytes(1000)
+    with pytest.raises(ft.FetchError, match="over the"):
+        ta._copy_limited(io.BytesIO(bytes(3000)), io.BytesIO(), 1000, "member")
+
+
+def test_download_over_the_limit_stops(server: str, tmp_path: Path) -> None:
+    with pytest.raises(ft.FetchError, match="over the .* limit for the archive"):
+        ft.fetch(f"{server}/cifar_teachers.tar", tmp_path / "t_model", max_teacher_bytes=1000)
+    assert list(tmp_path.iterdir()) == []  # the partial download is gone
+
+
+def test_help_states_the_limits(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        ft.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--max-teacher-mb MB size limit of one teacher in MiB (default: {ta.MAX_TEACHER_MIB}" in text
+    assert f"{ta.ARCHIVE_FACTOR} times that in all" in text

@@ -17,6 +17,12 @@ from helpers import run_main, tiny_options, write_yaml
 from matplotlib import image
 from test_tools import result, write_run
 
+sys.path.insert(0, str(ROOT / "tools"))  # the tools' own modules, as when they run as scripts
+import matplotlib.pyplot as plt  # noqa: E402  (after plot.py chose its backend)
+import plot  # noqa: E402
+import plot_speed  # noqa: E402
+import summarize  # noqa: E402
+
 PLOT = ROOT / "tools" / "plot.py"
 SPEED = ROOT / "bench" / "results" / "h100_2026-11-26_final_speed.jsonl"
 PAPER_PAIR = "S_resnet20_T_resnet56_cifar100_cocord_ctr1.0cls1.0p4.0"
@@ -33,12 +39,15 @@ def experiments(tmp_path_factory: pytest.TempPathFactory, tiny_cifar: str, tiny_
     for t in (1, 2):  # two trials of one setting; the seed differs, so the curves do too
         proc = run_main(["-opt", "opt.yml", "-t", str(t), "--set", f"seed={t}", "--quiet"], cwd=work)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    # A pair of the paper's tables, written by hand (a 240-epoch run does not fit in a test).
+    # A pair of the paper's tables, written by hand (a 240-epoch run does not fit in a test), on CIFAR-100 in a
+    # sweep's folder (several levels down), and once on 10 classes of other data (not comparable to the paper).
     published = yaml.safe_load((ROOT / "options" / "train_student.yml").read_text())
     for t, last in ((1, 71.2), (2, 71.6)):
         res = result("resnet20", "resnet56", "cocord", last + 0.2, last, 72.34)
         res["history"] = [{"epoch": e, "val_top1": last * e / 240} for e in (1, 120, 240)]
-        write_run(work / "experiments", PAPER_PAIR, f"trial_{t}", published, res)
+        write_run(work / "experiments" / "sweeps" / "paper" / "col_1", PAPER_PAIR, f"trial_{t}", published, res)
+    write_run(work / "experiments" / "other", PAPER_PAIR, "trial_1", {**published, "n_cls": 10,
+              "data_folder": "./data_demo"}, result("resnet20", "resnet56", "cocord", 80.0, 79.0, 85.0))
     return work / "experiments"
 
 
@@ -49,6 +58,7 @@ def check_png(path: Path) -> None:
     assert float(np.std(pixels[..., :3])) > 0.01  # something is drawn
 
 
+@pytest.mark.slow
 def test_figures_of_these_runs(experiments: Path, tmp_path: Path) -> None:
     bench = tmp_path / "bench"
     bench.mkdir()
@@ -57,19 +67,22 @@ def test_figures_of_these_runs(experiments: Path, tmp_path: Path) -> None:
     out = tmp_path / "figs"
     proc = run_tool(str(experiments), "--out", str(out), "--bench", str(bench), "--json")
     assert proc.returncode == 0, proc.stderr
-    figures = json.loads(proc.stdout)["figures"]
+    data = json.loads(proc.stdout)
+    figures = data["figures"]
     assert sorted(Path(f["path"]).name for f in figures) == [
-        "curves_resnet56_to_resnet20.png", "curves_resnet8_to_resnet8.png", "paper_comparison.png", "speed.png"]
+        "curves_resnet56_to_resnet20.png", "curves_resnet56_to_resnet20_cifar100_10cls.png",
+        "curves_resnet8_to_resnet8_cifar100_10cls.png", "paper_comparison.png", "speed.png"]
     for f in figures:
         assert Path(f["path"]).parent == out
         check_png(Path(f["path"]))
     by_name = {Path(f["path"]).name: f for f in figures}
 
-    # The curves are the two trials' recorded test top-1 per epoch: mean line, min-max band.
-    curves = by_name["curves_resnet8_to_resnet8.png"]
-    assert curves["title"].startswith("resnet8 -> resnet8")
+    # The curves are the two trials' recorded test top-1 per epoch: mean line, min-max band, the teacher.
+    curves = by_name["curves_resnet8_to_resnet8_cifar100_10cls.png"]
+    assert curves["title"].startswith("resnet8 -> resnet8") and "10 classes (not the paper's CIFAR-100)" in \
+        curves["title"] and "CIFAR-100)" not in curves["title"].replace("paper's CIFAR-100", "")
     (series,) = curves["series"]
-    assert series["label"].startswith("cocord (n=2)") and "epochs=2" in series["label"]
+    assert series["label"] == "cocord (n=2)"  # what both trials share is said once, in the title
     trials = sorted(experiments.glob("demo/*/trial_*"))
     histories = [json.loads((t / "results.json").read_text())["history"] for t in trials]
     assert len(trials) == 2 and series["epochs"] == [1, 2]
@@ -77,35 +90,76 @@ def test_figures_of_these_runs(experiments: Path, tmp_path: Path) -> None:
     assert series["mean"] == pytest.approx([statistics.mean(v) for v in per_epoch])
     assert series["min"] == [min(v) for v in per_epoch] and series["max"] == [max(v) for v in per_epoch]
     assert series["min"] != series["max"]  # the seeds gave different trials: the band is not a line
+    teacher = {json.loads((t / "results.json").read_text())["teacher_acc"] for t in trials}
+    assert curves["teacher"] == [round(a, 2) for a in teacher] and len(teacher) == 1
 
-    # The bars: the paper's five columns for its pair, and our rows' mean last top-1.
-    panels = {p["pair"]: p for p in by_name["paper_comparison.png"]["panels"]}
-    assert list(panels) == ["resnet56 -> resnet20", "resnet8 -> resnet8"]  # the paper's pairs first
-    bars = {b["label"]: b["value"] for b in panels["resnet56 -> resnet20"]["bars"]}
+    # The bars: the paper's five columns for its pair and our rows' mean last top-1; the rest said, not drawn.
+    (panel,) = by_name["paper_comparison.png"]["panels"]
+    assert panel["pair"] == "resnet56 -> resnet20"
+    bars = {b["label"]: b["value"] for b in panel["bars"]}
     assert bars == {"paper: student": 69.06, "paper: KD": 70.66, "paper: CRD": 71.16, "paper: CoCoRD": 71.74,
                     "paper: CoCoRD+KD": 72.09, "ours: cocord (n=2)": pytest.approx(71.4)}
-    (ours,) = panels["resnet8 -> resnet8"]["bars"]
-    lasts = [json.loads((t / "results.json").read_text())["last_acc"] for t in trials]
-    assert not panels["resnet8 -> resnet8"]["in_paper"] and ours["value"] == pytest.approx(statistics.mean(lasts))
+    assert sorted(data["skipped"][:2]) == [
+        "paper comparison for resnet56 -> resnet20 on ./data_demo, 10 classes (not the paper's CIFAR-100)",
+        "paper comparison for resnet8 -> resnet8: not in the paper's tables (tools/paper_results.yml)"]
 
-    # The speed panel holds the results file's rates; the file without rates is left out.
-    speed = by_name["speed.png"]["files"]
-    assert list(speed) == [SPEED.stem]
+    # The speed panel holds the results file's rates, and says they are recorded measurements; the file without
+    # rates is left out.
+    speed = by_name["speed.png"]
+    assert list(speed["files"]) == [SPEED.stem] and "not the runs above" in speed["subtitle"]
     lines = [json.loads(line) for line in SPEED.read_text().splitlines()]
-    assert speed[SPEED.stem]["pairs"] == {row["pair"]: {k: v["images_per_s"] for k, v in row.items()
-                                                        if isinstance(v, dict)} for row in lines}
+    assert speed["files"][SPEED.stem]["pairs"] == {row["pair"]: {k: v["images_per_s"] for k, v in row.items()
+                                                                 if isinstance(v, dict)} for row in lines}
 
 
+@pytest.mark.slow
 def test_text_output_and_no_bench(experiments: Path, tmp_path: Path) -> None:
     out = tmp_path / "figs"
-    proc = run_tool(str(experiments), "--out", str(out), "--bench", str(tmp_path / "none"))
-    assert proc.returncode == 0, proc.stderr
+    proc = run_tool(str(experiments / "sweeps" / "paper"), "--out", str(out), "--bench", str(tmp_path / "none"))
+    assert proc.returncode == 0, proc.stderr  # a sweep's folder alone: its own figures
     lines = proc.stdout.strip().splitlines()
     written = [line.split("  ")[0] for line in lines if not line.startswith("skipped")]
-    assert sorted(Path(p).name for p in written) == sorted(p.name for p in out.iterdir())
-    assert len(written) == 3 and not (out / "speed.png").exists()
+    assert sorted(Path(p).name for p in written) == sorted(p.name for p in out.iterdir()) == [
+        "curves_resnet56_to_resnet20.png", "paper_comparison.png"]
     assert any(line.startswith("skipped speed") for line in lines)
-    assert any("resnet8 -> resnet8: test top-1 per epoch" in line for line in lines)
+    assert any("resnet56 -> resnet20: test top-1 per epoch (CIFAR-100)" in line for line in lines)
+
+
+def label_boxes(fig: plt.Figure) -> list:
+    """The window extents of every label a reader must tell apart: tick labels, titles, axis labels."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [fig._suptitle] + [t for ax in fig.axes for t in (*ax.get_yticklabels(), *ax.get_xticklabels(),
+                                                               ax.title, ax.xaxis.label)]
+    return [t.get_window_extent(renderer) for t in texts if t is not None and t.get_text() and t.get_visible()]
+
+
+def test_paper_comparison_labels_do_not_overlap() -> None:
+    """Each panel as tall as its labels need: many rows, long wrapped labels, several pairs, nothing overlaps."""
+    paper = summarize.load_paper()
+    groups = []
+    for e in paper[:3]:
+        for i, setting in enumerate(["-", "cocord.T=0.05 learning_rate=0.1 weight_decay=0.0001 epochs=300 "
+                                    "cocord.key_size=4096 cocord.momentum=0.99", "cocord.T=0.2"]):
+            groups.append({"teacher": e["teacher"], "student": e["student"], "method": "cocord", "dataset": "cifar100",
+                           "n_cls": 100, "setting": setting, "n": 3, "last_mean": 70.0 + i, "last_std": 0.3,
+                           "data_folders": ["./data_cifar100"]})
+    panels, left_out = plot.paper_bars(groups, paper)
+    assert len(panels) == 3 and not left_out
+    fig = plot.draw_paper(panels)
+    boxes = label_boxes(fig)
+    assert len(boxes) > 3 * 8
+    overlapping = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert not overlapping, overlapping[:3]
+    height_px = fig.get_size_inches()[1] * fig.dpi
+    assert height_px >= sum(len(p["bars"]) for p in panels) * 7 * fig.dpi / 72  # at least one 7 pt line per bar
+    plt.close(fig)
+
+
+def test_speed_figure_says_it_shows_committed_measurements(tmp_path: Path) -> None:
+    (figure,) = plot_speed.plot_speed(ROOT / "bench" / "results", tmp_path)
+    assert "committed" in figure["subtitle"] and "not this machine" in figure["subtitle"]
+    assert "recorded in" in figure["title"] and SPEED.stem in figure["files"]
 
 
 @pytest.mark.parametrize("make", [False, True])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from conftest import ROOT
-from test_tools import result, run_tool, table_lines, write_run
+from test_tools import result, run_tool, table_lines, table_rows, write_run
 
 PAIR = "S_resnet20_T_resnet56_cifar100_cocord_ctr1.0cls1.0p4.0"
 
@@ -74,7 +74,7 @@ def test_mixed_settings_give_separate_rows(tmp_path: Path) -> None:
     # The table shows four rows for the one pair, each saying why it stands alone.
     proc = run_tool(str(root))
     rows = [cells for cells in table_lines(proc.stdout) if cells[:2] == ["resnet56 -> resnet20", "cocord"]]
-    assert sorted((r[-1], r[2]) for r in rows) == sorted([("-", "3")] + [(s, "1") for s in differ]), proc.stdout
+    assert sorted((r[-1], r[2]) for r in rows) == sorted([("-", "3/3")] + [(s, "1/1") for s in differ]), proc.stdout
 
 
 def test_options_outside_the_published_ones_are_named(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_runs_found_at_any_depth(tmp_path: Path) -> None:
         f"demo/{PAIR}/trial_1", f"sweep/lr/{PAIR}/trial_1"}
     assert groups["-"]["n"] == 1
     out = run_tool(str(root / "demo")).stdout  # the demo folder alone works too
-    assert "1 finished run(s)" in out and "epochs=4" in out
+    assert "1 finished trial(s)" in out and "epochs=4" in out
 
 
 def test_archived_folders_skipped_and_counted(tmp_path: Path) -> None:
@@ -141,3 +141,80 @@ def test_run_without_options_yml_stands_alone(tmp_path: Path) -> None:
     (root / "resnet56_cifar100_vanilla" / "trial_2" / "options.yml").unlink()
     groups = json.loads(run_tool(str(root), "--json").stdout)["groups"]
     assert sorted((g["setting"], g["n"]) for g in groups) == [("-", 1), ("options.yml=missing", 1)]
+
+
+def run_of(distill: str, loss_kd: float = 0.0, **changes: object) -> dict:
+    return variant(distill=distill, loss_kd=loss_kd, **changes)
+
+
+def test_every_method_and_its_kd_variant(tmp_path: Path) -> None:
+    """The method is the run's distill name, '+kd' with a KD weight: CRD and CRD+KD, CoCoRD and CoCoRD+KD are
+    told apart by loss_kd; the paper's number where its tables have the column, '-' elsewhere; trials counted
+    finished and not."""
+    root = tmp_path / "sweeps" / "all"
+    runs = {("crd", 0.0): [(71.3, 71.0, True)], ("crd", 1.0): [(71.9, 71.8, True), (71.5, 71.2, True)],
+            ("cocord", 1.0): [(72.3, 72.1, True)], ("kd", 0.9): [(71.0, 70.9, True)],
+            ("hint", 0.0): [(70.2, 70.0, True), (50.0, 49.0, False)], ("dkd", 0.0): [(40.0, 39.0, False)]}
+    for (distill, kd), trials in runs.items():
+        for t, (best, last, finished) in enumerate(trials, 1):
+            res = result("resnet20", "resnet56", distill, best, last, 72.34, finished=finished,
+                         last_epoch=240 if finished else 100)
+            published_kd = {"loss_cls": 0.1} if distill == "kd" else {}  # options/train_kd.yml's CE weight
+            write_run(root, f"{distill}_kd{kd}", f"trial_{t}", run_of(distill, kd, **published_kd), res)
+    proc = run_tool(str(root))
+    assert proc.returncode == 0, proc.stderr
+    rows = {method: cells for (_, method), cells in table_rows(proc.stdout).items()}
+    assert list(rows) == ["kd", "crd", "cocord+kd", "crd+kd", "dkd", "hint"], proc.stdout  # paper's columns first
+    assert {m: (c[0], c[3]) for m, c in rows.items()} == {
+        "kd": ("1/1", "70.66"), "crd": ("1/1", "71.16"), "cocord+kd": ("1/1", "72.09"), "crd+kd": ("2/2", "-"),
+        "dkd": ("0/1", "-"), "hint": ("1/2", "-")}
+    assert rows["crd+kd"][1:3] == ["71.70 +- 0.28", "71.50 +- 0.42"] and rows["dkd"][1:5] == ["-"] * 4
+    assert {c[-1] for c in rows.values()} == {"-"}  # each at its method's published options (KD weight 1 for +kd)
+    assert "best: a trial's highest test top-1" in proc.stdout and "last: its test top-1 after the last epoch" in \
+        proc.stdout  # the protocol, stated above the table
+
+
+def test_table_fits_the_terminal_and_says_what_differs(tmp_path: Path) -> None:
+    """A demo-like sweep: options shared by every row are said once, each row shows only what sets it apart, and
+    no line is wider than the terminal (COLUMNS); the data is the run's own, so no paper number."""
+    root = tmp_path / "experiments" / "demo"
+    shared = {"epochs": 4, "n_cls": 10, "data_folder": "./data_demo", "cocord.key_size": 1024,
+              "cocord.hidden_dim": 256, "cocord.embedding_dim": 128, "cocord.pred_dim": 64, "lr_decay_epochs": [3]}
+    for t, temperature in enumerate((0.1, 0.1, 0.05, 0.2), 1):
+        write_run(root, f"T{temperature}", f"trial_{t}", variant(**shared, **{"cocord.T": temperature}),
+                  cocord_result(40.0 + t, 39.0 + t))
+    proc = run_tool(str(root), columns=80)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, proc.stdout
+    text = " ".join(line.strip() for line in lines)
+    assert text.count("cocord.key_size=1024") == 1 and "all rows: " in text  # said once, not in every row
+    assert [r[-1] for r in table_lines(proc.stdout)] == ["-", "cocord.T=0.05", "cocord.T=0.2"], proc.stdout
+    assert "data: ./data_demo, 10 classes (not the paper's CIFAR-100)" in text and "71.74" not in text
+    narrow = run_tool(str(root), columns=70).stdout.splitlines()  # no room beside the numbers: under its row
+    assert max(len(line) for line in narrow) <= 70, "\n".join(narrow)
+    settings = [line.strip() for line in narrow if line.strip().startswith("setting: ")]
+    assert settings == ["setting: cocord.T=0.05", "setting: cocord.T=0.2"], "\n".join(narrow)
+
+
+def test_any_folder_bounded_and_without_symlinks(tmp_path: Path) -> None:
+    """A sweep's folder (trials several levels down) gives that sweep's table; symlinked folders are not
+    followed (one could lead out of the folder), folders too deep are not searched, and both are said."""
+    sweep = tmp_path / "experiments" / "sweeps" / "lr"
+    for col, lr in (("col_a", 0.05), ("col_b", 0.1)):
+        for t in (1, 2):
+            write_run(sweep / col / "runs", PAIR, f"trial_{t}", variant(learning_rate=lr),
+                      cocord_result(70 + t, 69 + t))
+    outside = write_run(tmp_path / "elsewhere", PAIR, "trial_1", variant(learning_rate=0.05), cocord_result(1, 1))
+    (sweep / "col_a" / "runs" / PAIR / "trial_3").symlink_to(outside)
+    (sweep / "linked").symlink_to(tmp_path / "elsewhere")
+    deep = sweep.joinpath(*["d"] * 12)
+    write_run(deep, PAIR, "trial_1", variant(learning_rate=0.05), cocord_result(2, 2))
+    proc = run_tool(str(sweep), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert sorted((g["setting"], g["n"]) for g in data["groups"]) == [("learning_rate=0.1", 2), ("-", 2)][::-1]
+    assert data["notes"] == ["2 symlinked folder(s) not followed", "1 folder(s) more than 12 levels down not searched"]
+    assert "note: 2 symlinked folder(s) not followed" in run_tool(str(sweep)).stdout
+    one = run_tool(str(sweep / "col_b" / "runs" / PAIR / "trial_2"), "--json")  # a trial folder itself
+    assert [(g["n"], g["best_mean"]) for g in json.loads(one.stdout)["groups"]] == [(1, 72.0)]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,18 +77,24 @@ def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path)
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SUMMARIZE), *args], capture_output=True, text=True, timeout=30)
+def run_tool(*args: str, columns: int = 200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": str(columns)}  # the table fits the terminal: wide, so each row is one line
+    return subprocess.run([sys.executable, str(SUMMARIZE), *args], capture_output=True, text=True, timeout=30,
+                          env=env)
 
 
 def table_lines(out: str) -> list[list[str]]:
-    """The table's rows as cells: pair, method, n, best, sd, last, sd, teacher, paper, last-paper, setting.
-    Pairs contain ' -> ' and settings 'a=1 b=2', so cells are split on 2+ spaces."""
-    rows = []
+    """The table's rows as cells: pair, method, trials, best, last, paper, last-paper, setting. A block starts
+    with its pair's line ('pair  (teacher ...)  data: ...'); cells are split on 2+ spaces."""
+    rows, pair = [], None
     for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().split("  ") if c.strip()]
-        if len(cells) == 11 and cells[1] in ("cocord", "cocord+kd", "kd", "vanilla"):
-            rows.append(cells)
+        if line and not line.startswith(" ") and "  data: " in line:
+            pair = line.split("  ")[0]
+            continue
+        cells = [c.strip() for c in re.split(r" {2,}", line.strip()) if c.strip()]
+        if line.startswith("  ") and not line.startswith("   ") and len(cells) >= 6 and \
+                re.fullmatch(r"\d+/\d+", cells[1]):
+            rows.append([pair, *cells] + (["-"] if len(cells) == 6 else []))
     return rows
 
 
@@ -95,6 +103,12 @@ def table_rows(out: str) -> dict[tuple[str, str], list[str]]:
     rows = {(cells[0], cells[1]): cells[2:] for cells in table_lines(out)}
     assert len(rows) == len(table_lines(out)), out
     return rows
+
+
+def mean_sd(cell: str) -> tuple[float, float | None]:
+    """'71.58 +- 0.37' -> (71.58, 0.37); '71.58' -> (71.58, None)."""
+    mean, _, sd = cell.partition(" +- ")
+    return float(mean), float(sd) if sd else None
 
 
 def close(cell: str, value: float) -> bool:
@@ -113,24 +127,27 @@ def test_summary_table(tree: Path) -> None:
     rows = table_rows(out)
     assert set(rows) == {("resnet56 -> resnet20", "cocord"), ("resnet56 -> resnet20", "cocord+kd"),
                          ("vgg13 -> vgg8", "cocord"), ("resnet56", "vanilla")}, out
+    assert "best: a trial's highest test top-1" in out and "last: its test top-1 after the last epoch" in out
 
-    n, best, best_sd, last, last_sd, teacher, paper, diff, setting = rows[("resnet56 -> resnet20", "cocord")]
-    assert (setting, n) == ("-", "3")  # the unfinished, archived and corrupt trials are not averaged
-    assert close(best, sum(R20_BEST) / 3) and close(best_sd, sample_std(R20_BEST))
-    assert close(last, sum(R20_LAST) / 3) and close(last_sd, sample_std(R20_LAST))
-    assert close(teacher, 72.34) and paper == "71.74" and close(diff, sum(R20_LAST) / 3 - 71.74)
+    trials, best, last, paper, diff, setting = rows[("resnet56 -> resnet20", "cocord")]
+    assert (setting, trials) == ("-", "3/4")  # 3 finished of 4; the archived and damaged trials are not counted
+    assert all(close(str(a), b) for a, b in zip(mean_sd(best), (sum(R20_BEST) / 3, sample_std(R20_BEST))))
+    assert all(close(str(a), b) for a, b in zip(mean_sd(last), (sum(R20_LAST) / 3, sample_std(R20_LAST))))
+    assert paper == "71.74" and close(diff, sum(R20_LAST) / 3 - 71.74)
+    assert "resnet56 -> resnet20  (teacher 72.34 measured)  data: CIFAR-100" in out
 
-    n, best, best_sd, last, last_sd, _, paper, diff, _ = rows[("vgg13 -> vgg8", "cocord")]
-    assert n == "1" and best_sd == "-" and last_sd == "-" and close(last, 73.85) and paper == "73.99"
+    trials, best, last, paper, diff, _ = rows[("vgg13 -> vgg8", "cocord")]
+    assert trials == "1/1" and mean_sd(best)[1] is None and mean_sd(last) == (73.85, None) and paper == "73.99"
     assert close(diff, 73.85 - 73.99)
-    assert rows[("resnet56 -> resnet20", "cocord+kd")][6] == "72.09"  # the paper's cocord_kd
+    assert rows[("resnet56 -> resnet20", "cocord+kd")][3] == "72.09"  # the paper's cocord_kd
     vanilla = rows[("resnet56", "vanilla")]
-    assert vanilla[5] == "-" and vanilla[6] == "72.34" and close(vanilla[7], 72.41 - 72.34)  # teacher_acc
+    assert vanilla[3] == "72.34" and close(vanilla[4], 72.41 - 72.34)  # a network alone: the paper's teacher_acc
     assert {cells[-1] for cells in rows.values()} == {"-"}  # all at the published options
 
-    unfinished = out.split("Unfinished runs")[1].split("Unreadable runs")[0]
-    assert "trial_4" in unfinished and "epoch 37/240" in unfinished
-    assert "trial_5" in out.split("Unreadable runs")[1]
+    unfinished = out.split("Unfinished trials")[1].split("Damaged trials")[0]
+    assert f"{COCORD}/trial_4: epoch 37/240" in unfinished
+    damaged = out.split("Damaged trials")[1].strip().splitlines()
+    assert len(damaged) == 2 and damaged[1].startswith(f"  {COCORD}/trial_5: results.json is not valid JSON")
     assert "1 archived trial folder(s) skipped" in out
 
 
@@ -140,15 +157,16 @@ def test_summary_json(tree: Path) -> None:
     data = json.loads(proc.stdout)
     assert data["archived_skipped"] == 1
     assert [Path(r["path"]).name for r in data["unfinished"]] == ["trial_4"]
-    assert [Path(r["path"]).name for r in data["unreadable"]] == ["trial_5"]
+    assert [Path(r["path"]).name for r in data["damaged"]] == ["trial_5"]
     group = next(g for g in data["groups"] if g["method"] == "cocord" and g["student"] == "resnet20")
-    assert group["n"] == 3 and math.isclose(group["last_std"], sample_std(R20_LAST))
+    assert (group["n"], group["n_unfinished"]) == (3, 1) and math.isclose(group["last_std"], sample_std(R20_LAST))
+    assert [Path(p).name for p in group["unfinished_trials"]] == ["trial_4"]
 
 
 def test_importable_without_torch(tree: Path) -> None:
-    code = ("import sys; sys.path.insert(0, 'tools'); import summarize; "
-            f"runs = summarize.collect_runs({str(tree)!r}); assert 'torch' not in sys.modules; "
-            "print(len(runs), summarize.summarize.__name__)")
+    code = ("import sys; sys.path.insert(0, 'tools'); import summarize, runs; "
+            f"found, notes = runs.collect_runs({str(tree)!r}); assert 'torch' not in sys.modules; "
+            "print(len(found), summarize.summarize.__name__)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "9"
@@ -162,7 +180,7 @@ def test_empty_folder_exits_2(tmp_path: Path, make: bool) -> None:
     proc = run_tool(str(root))
     assert proc.returncode == 2
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
-    assert ("no runs found" if make else "not found") in proc.stderr
+    assert proc.stderr.startswith("error: ") and ("no runs found" if make else "not found") in proc.stderr
 
 
 def test_paper_results_hold_both_tables() -> None:

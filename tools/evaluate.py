@@ -1,12 +1,14 @@
 """Test accuracy of any checkpoint: the architecture is read from the checkpoint itself.
 
-    python tools/evaluate.py CHECKPOINT [--data-folder ./data_cifar100] [--dataset cifar100|imagenet]
+    python tools/evaluate.py CHECKPOINT [--data-folder DIR] [--dataset cifar100|imagenet]
                              [--n-cls N] [--arch NAME] [--batch-size 256] [--gpu N | --cpu] [--json]
 
 Any checkpoint this project wrote (model/best.pth, checkpoint.pth, ckpt_epoch_*.pth), a CRD/RepDistiller or
-mdistiller teacher, a published CoCoRD checkpoint or a bare state_dict. Prints one line: architecture,
-top-1, top-5, loss, images. A missing file, a file that is not a checkpoint, or missing data: one line on
-stderr, exit status 2.
+mdistiller teacher, a published CoCoRD checkpoint or a bare state_dict. A checkpoint inside a trial folder
+(trial_N/model/*.pth) is evaluated on the data of its run: data_folder, dataset and n_cls come from
+trial_N/options.yml unless given here (elsewhere: ./data_cifar100, cifar100, the checkpoint's head). Prints one
+line: architecture, top-1, top-5, loss, images. A missing file, a file that is not a checkpoint, weights that
+are not finite, or missing data: one line on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -14,20 +16,62 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from dataset import DataError, GPUTestLoader, build_imagenet_loaders, load_cifar100
+from dataset.constants import CIFAR_FOLDER
 from engine.evaluation import evaluate
 from models import CheckpointError, load_teacher, match_architectures, read_state_dict
+from utils.trialfiles import TrialFileRefused, read_trial_options
+
+DEFAULTS = {"data_folder": "./data_cifar100", "dataset": "cifar100", "n_cls": None}
 
 
 class UsageError(ValueError):
     """A problem with the command line or the machine, reported as one line."""
 
 
-def pick_architecture(path: str, n_cls: int | None, arch: str | None) -> tuple[str, int, list[str]]:
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """data_folder, dataset and n_cls: from the command line, else from the run's options.yml beside a checkpoint
+    in a trial folder (trial_N/model/X.pth), else DEFAULTS; 'source' names the options file used, if any."""
+    given = {"data_folder": args.data_folder, "dataset": args.dataset, "n_cls": args.n_cls}
+    folder = Path(args.checkpoint).resolve().parent
+    options = folder.parent / "options.yml" if folder.name == "model" else folder / "options.yml"
+    if all(v is not None for v in given.values()) or not options.is_file():
+        return {k: DEFAULTS[k] if v is None else v for k, v in given.items()} | {"source": None}
+    try:
+        run = read_trial_options(options)
+    except TrialFileRefused as err:
+        raise UsageError(f"the run's options {options.parent}/{err}; fix it, or give --data-folder, --dataset "
+                         "and --n-cls") from None
+    found = {k: run.get(k, DEFAULTS[k]) if v is None else v for k, v in given.items()}
+    if found["dataset"] not in ("cifar100", "imagenet") or not isinstance(found["data_folder"], str) or not (
+            found["n_cls"] is None or (isinstance(found["n_cls"], int) and found["n_cls"] > 0)):
+        raise UsageError(f"{options} does not give a dataset, data_folder and n_cls this tool can use; give "
+                         "--data-folder, --dataset and --n-cls")
+    return found | {"source": str(options)}
+
+
+def check_data(dataset: str, folder: str, origin: str) -> None:
+    """The CIFAR-100 folder must be there: say where it was looked for, and where that place came from."""
+    if dataset == "cifar100" and not (Path(folder).expanduser() / CIFAR_FOLDER).is_dir():
+        raise UsageError(f"CIFAR-100 not found: no {CIFAR_FOLDER}/ folder in {folder} ({origin}); give --data-folder "
+                         f"the folder that holds {CIFAR_FOLDER}/")
+
+
+def check_finite(model: torch.nn.Module, path: str) -> None:
+    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds weights that are not finite (NaN or infinity, in {len(bad)} "
+                              f"tensor(s), first {bad[0]}): the run diverged before it was saved; evaluate an "
+                              "earlier checkpoint, e.g. model/best.pth")
+
+
+def pick_architecture(path: str, n_cls: int | None, arch: str | None, n_cls_from: str = "--n-cls"
+                      ) -> tuple[str, int, list[str]]:
     """(architecture, classes, every candidate) for the checkpoint; the zoo is matched on keys and shapes."""
     matches = match_architectures(read_state_dict(path))
     if not matches:
@@ -35,7 +79,7 @@ def pick_architecture(path: str, n_cls: int | None, arch: str | None) -> tuple[s
     found = ", ".join(f"{name} with {n} classes" for name, n in matches)
     fitting = [(name, n) for name, n in matches if (n_cls is None or n == n_cls) and (arch is None or name == arch)]
     if not fitting:
-        asked = " and ".join(x for x in (arch and f"--arch {arch}", n_cls and f"--n-cls {n_cls}") if x)
+        asked = " and ".join(x for x in (arch and f"--arch {arch}", n_cls and f"{n_cls_from} {n_cls}") if x)
         raise CheckpointError(f"checkpoint {path} is a {found}, not what {asked} asks for")
     return fitting[0][0], fitting[0][1], [name for name, _ in fitting]
 
@@ -74,24 +118,38 @@ def load_test_batches(dataset: str, folder: str, batch_size: int, device: torch.
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     path = args.checkpoint
-    arch, n_cls, candidates = pick_architecture(path, args.n_cls, args.arch)
+    if not Path(path).exists():
+        raise UsageError(f"checkpoint {path} does not exist; give a .pth file, e.g. "
+                         "experiments/<experiment>/trial_1/model/best.pth")
+    data = run_settings(args)
+    n_cls_from = "--n-cls" if args.n_cls is not None else f"n_cls of {data['source']}"
+    arch, n_cls, candidates = pick_architecture(path, data["n_cls"], args.arch, n_cls_from)
     device = pick_device(args.gpu, args.cpu)
-    batches, count = load_test_batches(args.dataset, args.data_folder, args.batch_size, device, n_cls, args.workers)
-    model = load_teacher(path, arch, n_cls).to(device)
-    scores = evaluate(model, batches)
+    origin = "--data-folder" if args.data_folder is not None else \
+        f"the data_folder of {data['source']}" if data["source"] else "the default"
+    check_data(data["dataset"], data["data_folder"], origin)
+    batches, count = load_test_batches(data["dataset"], data["data_folder"], args.batch_size, device, n_cls,
+                                       args.workers)
+    model = load_teacher(path, arch, n_cls)
+    check_finite(model, path)
+    scores = evaluate(model.to(device), batches)
     return {"checkpoint": str(path), "architecture": arch, "candidates": candidates, "n_cls": n_cls,
-            "dataset": args.dataset, "data_folder": args.data_folder, "images": count, "device": str(device),
-            "top1": scores["top1"], "top5": scores["top5"], "loss": scores["loss"]}
+            "dataset": data["dataset"], "data_folder": data["data_folder"], "options": data["source"],
+            "images": count, "device": str(device), "top1": scores["top1"], "top5": scores["top5"],
+            "loss": scores["loss"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Test accuracy of a checkpoint (architecture detected).")
     parser.add_argument("checkpoint", help="a .pth file")
-    parser.add_argument("--data-folder", default="./data_cifar100",
-                        help="CIFAR-100: the folder holding cifar-100-python/; ImageNet: the one holding train/, val/")
-    parser.add_argument("--dataset", default="cifar100", choices=("cifar100", "imagenet"))
+    parser.add_argument("--data-folder", default=None,
+                        help="CIFAR-100: the folder holding cifar-100-python/; ImageNet: the one holding train/, val/ "
+                        "(default: the run's data_folder for a checkpoint in a trial folder, else ./data_cifar100)")
+    parser.add_argument("--dataset", default=None, choices=("cifar100", "imagenet"),
+                        help="default: the run's dataset, else cifar100")
     parser.add_argument("--n-cls", type=int, default=None,
-                        help="classes of the head (default: what the checkpoint holds; given, it must match)")
+                        help="classes of the head (default: the run's n_cls, else what the checkpoint holds; "
+                        "given, it must match)")
     parser.add_argument("--arch", default=None, help="architecture, when several fit (default: detected)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=4, help="ImageNet loader processes")
@@ -101,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.n_cls is not None and args.n_cls < 1):
-        print("--batch-size and --n-cls must be positive", file=sys.stderr)
+        print("error: --batch-size and --n-cls must be positive", file=sys.stderr)
         return 2
     try:
         out = run(args)
     except (CheckpointError, DataError, UsageError) as err:
-        print(f"evaluate: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(out))

@@ -1,278 +1,264 @@
-"""Summarise the runs under an experiments folder against the CoCoRD paper's numbers.
+"""The comparison table of the runs below a folder, beside the CoCoRD paper's numbers.
 
-    python tools/summarize.py [EXPERIMENTS_DIR] [--json]
+    python tools/summarize.py [FOLDER] [--json]
 
-A run is any trial_<N>/ folder, at any depth, holding options.yml and/or results.json; finished runs are
-averaged only with runs of the same pair, method and options (options.settings says which options count).
+FOLDER is any folder (default: experiments): every trial_<N>/ folder below it (tools/runs.py) is a trial. One row
+per pair, method and setting: trials are averaged only when every option that decides the result is the same
+(options.settings). The method is the run's `distill:` name, with '+kd' where a KD term is added (loss_kd > 0).
 No torch: it runs in a second wherever the results are.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
+import shutil
 import statistics
 import sys
+import textwrap
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from runs import DEFAULTS, OPTIONS_DIR, collect_runs, options_file
 
-from options.settings import normalize, result_settings
+from options.yamlfile import YamlRefused, read_yaml_file
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_results.yml"
-OPTIONS_DIR = Path(__file__).resolve().parents[1] / "options"
-METHODS = ("cocord", "cocord+kd", "kd", "vanilla")
-PAPER_COLUMN = {"cocord": "cocord", "cocord+kd": "cocord_kd", "kd": "kd"}  # others: their own name
-PAIR_KEYS = {"student_model", "teacher_model", "distill", "dataset"}  # already the row's pair and method
-# Each method's published configuration (options/ beside tools/); a row's 'setting' names the options where it
-# differs. DEFAULTS holds every key at the value main.py fills in, so a key an options.yml lacks (written before
-# the key existed) counts as that value. CoCoRD+KD: loss_kd 1.0, CRD's CRD+KD weight (the paper states none).
-DEFAULTS = "train_student.yml"
-REFERENCE = {"cocord": (DEFAULTS, {}), "cocord+kd": (DEFAULTS, {"loss_kd": 1.0}), "kd": ("train_kd.yml", {}),
-             "vanilla": ("train_teacher.yml", {})}
-TRIAL = re.compile(r"trial_(\d+)")
+# The methods the paper's tables have a column for (tools/paper_results.yml), in the tables' order.
+PAPER_COLUMN = {"kd": "kd", "crd": "crd", "cocord": "cocord", "cocord+kd": "cocord_kd"}
+PAPER_KD_WEIGHT = 1.0  # a '+kd' row's published KD weight where its method's file has none: CRD+KD's alpha
 _MISSING = "(unset)"
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def compared_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """The flattened options that can change a run's result (its 'setting'), beyond pair and method."""
-    return {k: v for k, v in result_settings(opts).items() if k not in PAIR_KEYS}
+PROTOCOL = ("best: a trial's highest test top-1 (%); last: its test top-1 after the last epoch; each a mean "
+            "+- sample sd (n-1) over the row's finished trials. trials: finished/all. paper: the CoCoRD paper's "
+            "number (tools/paper_results.yml), compared with last. setting: the options off the published ones "
+            "(options/train_*.yml); '-': none.")
 
 
 def show(value: Any) -> str:
-    """A normalised value as written in the setting column: 240, 0.0005, true, null, [150,180,210]."""
+    """A normalised value as written in a setting: 240, 0.0005, true, null, [150,180,210]."""
     if isinstance(value, tuple):
         return "[" + ",".join(show(v) for v in value) + "]"
     text = json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+    if not text.isprintable():  # a hand-edited value with a newline must not break a line of the table
+        text = repr(text)[1:-1]
     return text[:-2] if isinstance(value, float) and text.endswith(".0") else text
 
 
 @cache
-def options_file(name: str) -> dict[str, Any]:
-    """options/<name> as compared options ({} where the options folder is not beside tools/)."""
-    try:
-        return compared_options(yaml.safe_load((OPTIONS_DIR / name).read_text()) or {})
-    except (OSError, yaml.YAMLError, AttributeError):
-        return {}
-
-
-def reference(method: str) -> dict[str, Any]:
-    """The published options of `method` (defaults, its file, fixed values); no 'options.yml: missing' marker."""
-    name, fixed = REFERENCE.get(method, (DEFAULTS, {}))
-    return {**options_file(DEFAULTS), **options_file(name), **compared_options(fixed), "options.yml": _MISSING}
-
-
-def _method(distill: str, opts: dict[str, Any]) -> str:
-    with_kd = distill == "cocord" and float(opts.get("loss_kd") or 0) > 0
-    return "vanilla" if distill == "none" else "cocord+kd" if with_kd else distill
-
-
-def _load_options(trial: Path) -> tuple[dict[str, Any] | None, str | None]:
-    path = trial / "options.yml"
-    if not path.is_file():
-        return None, None
-    try:
-        opts = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        return None, f"options.yml unreadable: {str(err).splitlines()[0]}"
-    return (opts, None) if isinstance(opts, dict) else (None, "options.yml is not a mapping")
-
-
-def _curve(history: Any) -> list[list[float]]:
-    """[[epoch, test top-1], ...] from results.json's history (entries without both are skipped)."""
-    return [[h["epoch"], h["val_top1"]] for h in history if isinstance(h, dict) and _num(h.get("epoch"))
-            and _num(h.get("val_top1"))] if isinstance(history, list) else []
-
-
-def _read_trial(trial: Path) -> dict[str, Any]:
-    run: dict[str, Any] = {"path": str(trial), "status": "unreadable"}
-    opts, opt_err = _load_options(trial)
-    res: Any = {}
-    if (trial / "results.json").is_file():
+def _method_files() -> dict[str, str]:
+    """{distill name: the first options/train_*.yml that trains it}: each method's published configuration."""
+    found: dict[str, str] = {}
+    for path in sorted(OPTIONS_DIR.glob("train_*.yml")):
         try:
-            res = json.loads((trial / "results.json").read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            return {**run, "error": f"results.json: {err}"}
-        if not isinstance(res, dict):
-            return {**run, "error": "results.json is not a JSON object"}
-    elif opts is None:
-        return {**run, "error": opt_err or "no results.json and no options.yml"}
-    src = {**(opts or {}), **res}  # results.json is what actually ran; options.yml adds the loss weights
-    distill = src.get("distill")
-    if not isinstance(distill, str):
-        return {**run, "error": "no 'distill' in results.json or options.yml"}
-    if distill == "cocord" and opts is None:  # CoCoRD and CoCoRD+KD cannot be told apart: refuse to guess
-        return {**run, "error": opt_err or "options.yml missing (needed for loss_kd)"}
-    method = _method(distill, opts or {})
-    # Without options.yml only the epochs are known: such a run is never averaged with a complete one.
-    options = {**options_file(DEFAULTS), **compared_options(opts)} if opts is not None else {
-        "epochs": normalize(res.get("epochs")), "options.yml": "missing"}
-    run.update(status="finished" if res.get("finished") is True else "unfinished", method=method,
-               student=src.get("student_model"), teacher=None if method == "vanilla" else src.get("teacher_model"),
-               dataset=src.get("dataset", "cifar100"), options=options, epochs=src.get("epochs"),
-               last_epoch=res.get("last_epoch"), best_acc=res.get("best_acc"), best_epoch=res.get("best_epoch"),
-               last_acc=res.get("last_acc"), teacher_acc=res.get("teacher_acc"), curve=_curve(res.get("history")),
-               note=None if res else "no results.json yet")
-    bad = [k for k in ("best_acc", "last_acc") if not _num(run[k])]
-    if run["status"] == "finished" and (bad or not isinstance(run["student"], str)):
-        return {"path": run["path"], "status": "unreadable", "error": f"results.json lacks "
-                f"{', '.join(bad) or 'student_model'}"}
-    return run
+            distill = (read_yaml_file(path) or {}).get("distill", "cocord")
+        except (YamlRefused, AttributeError):
+            continue
+        found.setdefault(str(distill), path.name)
+    return found
 
 
-def collect_runs(root: str | Path) -> list[dict[str, Any]]:
-    """One dict per trial_<N>/ folder below root, at any depth; 'status' is finished, unfinished, unreadable
-    (with 'error') or archived (a trial in a folder renamed *_archived_*; nothing else read)."""
-    found, archived = [], []
-    for dirpath, dirnames, _ in os.walk(root):  # a missing root yields nothing
-        keep = []
-        for name in sorted(dirnames):
-            sub = Path(dirpath) / name
-            if "_archived_" in name:  # a renamed trial, or a renamed experiment: count its trials
-                archived += [sub] if TRIAL.match(name) else [Path(d) for d, _, _ in os.walk(sub)
-                                                             if TRIAL.match(Path(d).name)]
-            elif TRIAL.fullmatch(name):  # a run; nothing inside it is searched
-                if (sub / "options.yml").is_file() or (sub / "results.json").is_file():
-                    found.append(sub)
-            else:
-                keep.append(name)
-        dirnames[:] = keep
-    found.sort(key=lambda p: (str(p.parent), int(TRIAL.fullmatch(p.name).group(1))))  # trial_10 after trial_9
-    return [_read_trial(t) for t in found] + [{"path": str(t), "status": "archived"} for t in sorted(archived)]
+def reference(distill: str, method: str) -> dict[str, Any]:
+    """The published options of a row's method (defaults, then its options file); no 'options.yml' marker."""
+    ref = {**options_file(DEFAULTS), **options_file(_method_files().get(distill, DEFAULTS))}
+    if method.endswith("+kd") and not ref.get("loss_kd"):
+        ref["loss_kd"] = PAPER_KD_WEIGHT
+    return {**ref, "options.yml": _MISSING}
 
 
 def load_paper(path: Path = PAPER_FILE) -> list[dict[str, Any]]:
-    data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    data = (read_yaml_file(path) or {}) if path.is_file() else {}
     return [entry for entries in data.values() for entry in entries]
 
 
+def paper_data(dataset: str, n_cls: float | None) -> bool:
+    """Whether runs are on the paper's data: CIFAR-100, all 100 classes."""
+    return dataset == "cifar100" and n_cls == 100
+
+
 def _paper_value(paper: list[dict[str, Any]], teacher: str | None, student: str, method: str,
-                 dataset: str) -> tuple[float | None, str | None]:
-    """The paper's number for this row and its column (vanilla: a network trained alone, so the paper's
-    student column, else its teacher column)."""
-    column = PAPER_COLUMN.get(method, method)
+                 on_paper_data: bool) -> tuple[float | None, str | None]:
+    """The paper's number for a row and its column (vanilla: a network trained alone, so the paper's student
+    column, else its teacher column); none for data other than the paper's."""
     if method == "vanilla":
         found = [(e[f"{r}_acc"], f"{r}_acc") for r in ("student", "teacher") for e in paper if e[r] == student]
     else:
+        column = PAPER_COLUMN.get(method)
         found = [(e[column], column) for e in paper
                  if (e["teacher"], e["student"]) == (teacher, student) and column in e]
-    return found[0] if found and dataset == "cifar100" else (None, None)
+    return found[0] if found and on_paper_data else (None, None)
 
 
-def _setting(options: dict[str, Any], method: str, siblings: list[dict[str, Any]]) -> str:
-    """'k=v ...': options off the method's published values, and others that differ between its pair's rows."""
-    ref = reference(method)
-    varying = {k for k in set().union(*siblings) if len({o.get(k, _MISSING) for o in siblings}) > 1}
+def data_label(dataset: str, n_cls: float | None, folders: list[str]) -> str:
+    """'CIFAR-100' for the paper's data, else what the runs' options say: 'data_demo, 10 classes (...)'."""
+    if paper_data(dataset, n_cls):
+        return "CIFAR-100"
+    parts = ([] if dataset == "cifar100" else [dataset]) + folders + [f"{show(n_cls)} classes"]
+    return f"{', '.join(parts)} (not the paper's CIFAR-100)"
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _differs(options: dict[str, Any], ref: dict[str, Any], varying: set[str]) -> dict[str, Any]:
+    """Options off the published values, and those without one that vary between the rows of a pair and method."""
     known = "options.yml" not in options  # without options.yml, what the run lacks is unknown, not unset
-    items = [(k, options.get(k, _MISSING)) for k in sorted(set(options) | varying) if k in options or known]
-    return " ".join(f"{k}={v if v is _MISSING else show(v)}" for k, v in items
-                    if (v != ref[k] if k in ref else k in varying)) or "-"
+    keys = [k for k in sorted(set(options) | varying) if k in options or known]
+    values = {k: options.get(k, _MISSING) for k in keys}
+    return {k: v for k, v in values.items() if (v != ref[k] if k in ref else k in varying)}
 
 
 def group_runs(runs: list[dict[str, Any]], paper: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Finished runs averaged per (teacher, student, method, dataset, options), in the paper's order."""
+    """Rows: finished and unfinished runs of one (teacher, student, method, dataset, options), in the paper's
+    order; 'n' counts the finished trials (the means are theirs), 'n_unfinished' the others."""
     paper = load_paper() if paper is None else paper
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
-        if r["status"] == "finished":
+        if r["status"] in ("finished", "unfinished"):
             setting = tuple(sorted(r["options"].items(), key=lambda kv: kv[0]))
             groups.setdefault((r["teacher"], r["student"], r["method"], r["dataset"], setting), []).append(r)
     siblings: dict[tuple, list[dict[str, Any]]] = {}  # the option sets of each (pair, method)
     for key in groups:
         siblings.setdefault(key[:4], []).append(dict(key[4]))
-    settings = {key: _setting(dict(key[4]), key[2], siblings[key[:4]]) for key in groups}
+    diffs = {}
+    for key, members in groups.items():
+        sets = siblings[key[:4]]
+        varying = {k for k in set().union(*sets) if len({show(o.get(k, _MISSING)) for o in sets}) > 1}
+        diffs[key] = _differs(dict(key[4]), reference(members[0]["distill"], key[2]), varying)
     order = {(e["teacher"], e["student"]): i for i, e in enumerate(paper)}
-    rank = {m: i for i, m in enumerate(METHODS)}
+    rank = {m: i for i, m in enumerate(PAPER_COLUMN)}
+
+    def sort_key(k: tuple) -> tuple:
+        return (k[2] == "vanilla", order.get(k[:2], len(order)), str(k[0]), k[1], k[3],
+                show(dict(k[4]).get("n_cls")), rank.get(k[2], len(rank)), k[2], len(diffs[k]), str(diffs[k]))
     out = []
-    for key in sorted(groups, key=lambda k: (k[2] == "vanilla", order.get(k[:2], len(order)), str(k[0]), k[1],
-                                             rank.get(k[2], len(rank)), k[2], k[3], settings[k] != "-", settings[k])):
+    for key in sorted(groups, key=sort_key):
         t, s, m, d, options = key
-        members = groups[key]
-        (best_mean, best_std), (last_mean, last_std) = (  # mean and sample std (none for one trial)
-            (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None)
-            for v in ([r[k] for r in members] for k in ("best_acc", "last_acc")))
-        t_accs = [r["teacher_acc"] for r in members if _num(r.get("teacher_acc"))]
-        value, column = _paper_value(paper, t, s, m, d)
-        out.append({"teacher": t, "student": s, "method": m, "dataset": d, "setting": settings[key],
-                    "n": len(members), "best_mean": best_mean, "best_std": best_std, "last_mean": last_mean,
-                    "last_std": last_std, "teacher_acc": statistics.mean(t_accs) if t_accs else None,
-                    "paper": value, "paper_column": column, "diff": None if value is None else last_mean - value,
-                    "options": dict(options), "trials": [r["path"] for r in members]})
+        done = [r for r in groups[key] if r["status"] == "finished"]
+        best_mean, best_std = _mean_sd([r["best_acc"] for r in done])
+        last_mean, last_std = _mean_sd([r["last_acc"] for r in done])
+        n_cls = groups[key][0]["n_cls"]
+        value, column = _paper_value(paper, t, s, m, paper_data(d, n_cls))
+        t_acc, _ = _mean_sd([r["teacher_acc"] for r in done if r["teacher_acc"] is not None])
+        out.append({"teacher": t, "student": s, "method": m, "dataset": d, "n_cls": n_cls,
+                    "data_folders": sorted({r["data_folder"] for r in groups[key] if r["data_folder"]}),
+                    "setting": " ".join(f"{k}={show(v) if v is not _MISSING else v}" for k, v in diffs[key].items())
+                    or "-", "differs": {k: show(v) if v is not _MISSING else v for k, v in diffs[key].items()},
+                    "n": len(done), "n_unfinished": len(groups[key]) - len(done), "best_mean": best_mean,
+                    "best_std": best_std, "last_mean": last_mean, "last_std": last_std, "teacher_acc": t_acc,
+                    "paper": value, "paper_column": column,
+                    "diff": None if value is None or last_mean is None else last_mean - value,
+                    "options": dict(options), "trials": [r["path"] for r in done],
+                    "unfinished_trials": [r["path"] for r in groups[key] if r["status"] != "finished"]})
     return out
 
 
-def pair_name(teacher: str | None, student: Any, dataset: str) -> str:
-    name = str(student) if teacher is None else f"{teacher} -> {student}"
-    return name if dataset == "cifar100" else f"{name} [{dataset}]"
+def pair_name(teacher: str | None, student: Any) -> str:
+    return str(student) if teacher is None else f"{teacher} -> {student}"
 
 
 def _f(value: float | None, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _table(rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in rows]
+def _pm(mean: float | None, sd: float | None) -> str:
+    return _f(mean) + ("" if sd is None else f" +- {sd:.2f}")
 
 
-def summarize(root: str | Path, runs: list[dict[str, Any]] | None = None) -> str:
-    """The text report: the table of finished runs, then unfinished, unreadable and archived counts."""
-    runs = collect_runs(root) if runs is None else runs
+def split_settings(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """(the options off the published ones that every row shares, each row's other options or '-'): what
+    sets the rows of one pair apart, with what they have in common said once."""
+    shared = {k: v for k, v in rows[0]["differs"].items() if all(g["differs"].get(k) == v for g in rows)}
+    return (" ".join(f"{k}={v}" for k, v in shared.items()),
+            [" ".join(f"{k}={v}" for k, v in g["differs"].items() if k not in shared) or "-" for g in rows])
+
+
+def _block(rows: list[dict[str, Any]], width: int) -> list[str]:
+    """One pair's rows: a header line (pair, teacher, data), the options every row shares, then the table;
+    a setting that does not fit beside the numbers goes on its own wrapped line under its row."""
+    g0 = rows[0]
+    teachers = [g["teacher_acc"] for g in rows if g["teacher_acc"] is not None]
+    head = pair_name(g0["teacher"], g0["student"]) + (f"  (teacher {_f(statistics.fmean(teachers))}"
+                                                       f" measured)" if teachers else "")
+    folders = sorted({f for g in rows for f in g["data_folders"]})
+    lines = textwrap.wrap(f"{head}  data: {data_label(g0['dataset'], g0['n_cls'], folders)}", width,
+                          subsequent_indent="    ", break_on_hyphens=False)
+    shared, settings = split_settings(rows)
+    if shared:
+        lines += textwrap.wrap("all rows: " + shared, width, initial_indent="  ", subsequent_indent="    ",
+                               break_on_hyphens=False)
+    table = [["method", "trials", "best", "last", "paper", "last-paper"]]
+    for g in rows:
+        table.append([g["method"], f"{g['n']}/{g['n'] + g['n_unfinished']}", _pm(g["best_mean"], g["best_std"]),
+                      _pm(g["last_mean"], g["last_std"]), _f(g["paper"]), _f(g["diff"], "+.2f")])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    cells = ["  " + "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in table]
+    beside = all(len(c) + 2 + len(s) <= width for c, s in zip(cells[1:], settings))
+    if beside and any(s != "-" for s in settings):
+        cells = [c + "  " + s for c, s in zip(cells, ["setting", *settings])]
+    for i, line in enumerate(cells):
+        lines.append(line.rstrip())
+        if i and not beside and settings[i - 1] != "-":
+            lines += textwrap.wrap("setting: " + settings[i - 1], width, initial_indent="      ",
+                                   subsequent_indent="        ", break_on_hyphens=False)
+    return lines
+
+
+def summarize(root: str | Path, runs: list[dict[str, Any]] | None = None, notes: list[str] | None = None,
+              width: int | None = None) -> str:
+    """The text report, fitted to `width` columns (default: the terminal's): the header with the protocol,
+    one block per pair, then the unfinished, damaged and archived trials."""
+    if runs is None:
+        runs, notes = collect_runs(root)
+    width = width or shutil.get_terminal_size().columns
     archived = sum(r["status"] == "archived" for r in runs)
     if not Path(root).is_dir():
-        return f"experiments folder {root} not found (pass the folder that holds <experiment>/trial_<N>/)"
+        return f"error: folder {root} not found; give the folder that holds the runs (trial_<N>/ folders below it)"
     if len(runs) == archived:
         extra = f" ({archived} archived trial folder(s) skipped)" if archived else ""
-        return f"no runs found in {root}: expected trial_<N>/ folders holding results.json below it{extra}"
+        return f"error: no runs found in {root}: no trial_<N>/ folder holding results.json below it{extra}"
     groups = group_runs(runs)
-    lines = [f"{sum(g['n'] for g in groups)} finished run(s) in {root}, {len(groups)} group(s); "
-             f"{archived} archived trial folder(s) skipped", ""]
-    if groups:
-        head = ["pair", "method", "n", "best", "sd", "last", "sd", "teacher", "paper", "last-paper", "setting"]
-        rows = [head] + [[pair_name(g["teacher"], g["student"], g["dataset"]), g["method"], str(g["n"]),
-                          _f(g["best_mean"]), _f(g["best_std"]), _f(g["last_mean"]), _f(g["last_std"]),
-                          _f(g["teacher_acc"]), _f(g["paper"]), _f(g["diff"], "+.2f"), g["setting"]] for g in groups]
-        lines += _table(rows, right=set(range(2, len(head) - 1)))
-        lines += ["", "best/last: top-1 % mean; sd: sample std (n-1); teacher: its measured accuracy; paper: CoCoRD",
-                  "paper (tools/paper_results.yml; vanilla: student_acc, else teacher_acc); setting: the options that",
-                  "differ from options/train_*.yml or between rows of a pair and method (never averaged together)."]
-    else:
-        lines.append("no finished runs yet")
+    counts = {s: sum(r["status"] == s for r in runs) for s in ("finished", "unfinished", "damaged")}
+    lines = textwrap.wrap(f"{root}: {counts['finished']} finished trial(s), {counts['unfinished']} unfinished, "
+                          f"{counts['damaged']} damaged, in {len(groups)} row(s); {archived} archived trial "
+                          "folder(s) skipped", width)
+    lines += textwrap.wrap(PROTOCOL, width) + [f"note: {n}" for n in notes or []]
+    blocks: dict[tuple, list[dict[str, Any]]] = {}
+    for g in groups:
+        blocks.setdefault((g["teacher"], g["student"], g["dataset"], g["n_cls"]), []).append(g)
+    for rows in blocks.values():
+        lines += [""] + _block(rows, width)
     unfinished = [r for r in runs if r["status"] == "unfinished"]
     if unfinished:
-        lines += ["", f"Unfinished runs ({len(unfinished)}, not averaged):"]
-        lines += [f"  {r['path']}  {r['method']} {pair_name(r['teacher'], r['student'], r['dataset'])}  epoch "
-                  f"{r['last_epoch'] if r['last_epoch'] is not None else '-'}/{r['epochs']}"
-                  + (f"  ({r['note']})" if r.get("note") else "") for r in unfinished]
-    bad = [r for r in runs if r["status"] == "unreadable"]
+        lines += ["", f"Unfinished trials ({len(unfinished)}, counted in trials, not averaged):"]
+        lines += [f"  {r['name']}: epoch {_f(r['last_epoch'], 'g')}/{_f(r['epochs'], 'g')}"
+                  + (f" ({r['note']})" if r.get("note") else "") for r in unfinished]
+    bad = [r for r in runs if r["status"] == "damaged"]
     if bad:
-        lines += ["", f"Unreadable runs ({len(bad)}, skipped):"] + [f"  {r['path']}: {r['error']}" for r in bad]
+        lines += ["", f"Damaged trials ({len(bad)}, left out):"] + [f"  {r['name']}: {r['error']}" for r in bad]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Summarise experiment runs against the CoCoRD paper.")
-    parser.add_argument("root", nargs="?", default="experiments", help="experiments folder (default: experiments)")
-    parser.add_argument("--json", action="store_true", help="print groups, unfinished and unreadable runs as JSON")
+    parser = argparse.ArgumentParser(description="The comparison table of the runs below a folder, beside the "
+                                                 "CoCoRD paper (best and last top-1, mean +- sd over trials).")
+    parser.add_argument("root", nargs="?", default="experiments",
+                        help="any folder holding trial_<N>/ folders below it (default: experiments)")
+    parser.add_argument("--json", action="store_true", help="print rows, unfinished and damaged trials as JSON")
     args = parser.parse_args(argv)
-    runs = collect_runs(args.root)
+    runs, notes = collect_runs(args.root)
     if not any(r["status"] != "archived" for r in runs):
-        print(summarize(args.root, runs), file=sys.stderr)
+        print(summarize(args.root, runs, notes), file=sys.stderr)
         return 2
     brief = [{k: v for k, v in r.items() if k != "curve"} for r in runs]  # histories stay out of the JSON
     print(json.dumps({"root": args.root, "groups": group_runs(runs),
                       "unfinished": [r for r in brief if r["status"] == "unfinished"],
-                      "unreadable": [r for r in brief if r["status"] == "unreadable"],
-                      "archived_skipped": sum(r["status"] == "archived" for r in runs)}, indent=1)
-          if args.json else summarize(args.root, runs))
+                      "damaged": [r for r in brief if r["status"] == "damaged"],
+                      "archived_skipped": sum(r["status"] == "archived" for r in runs), "notes": notes}, indent=1)
+          if args.json else summarize(args.root, runs, notes))
     return 0
 
 

@@ -1,6 +1,11 @@
 """Installing teachers from mdistiller's `cifar_teachers.tar`: every member checked before anything is
 extracted, each teacher extracted beside its place, verified by loading it as its architecture, then renamed
-into place. Used by tools/fetch_teachers.py (which downloads the archive, or takes one from disk)."""
+into place. Used by tools/fetch_teachers.py (which downloads the archive, or takes one from disk).
+
+Sizes are bounded before anything is decompressed past them: a member whose header claims more than the
+teacher limit is refused as soon as its header is read (a compressed bomb is never expanded, not even to list
+the members after it), the members together may hold at most ARCHIVE_FACTOR times that limit, and each copy
+stops at the limit whatever the header said."""
 from __future__ import annotations
 
 import os
@@ -11,6 +16,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import torch
 
@@ -21,6 +27,10 @@ CKPT_NAME = "ckpt_epoch_240.pth"
 # `cifar_teachers/<arch>_vanilla/ckpt_epoch_240.pth`, tolerating a leading `./` or a missing top folder.
 _MEMBER_RE = re.compile(r"^(?:\./)?(?:cifar_teachers/)?([A-Za-z0-9_]+)_vanilla/" + re.escape(CKPT_NAME) + r"$")
 CHUNK = 1 << 20
+MIB = 1 << 20
+MAX_TEACHER_MIB = 512  # the largest CRD teacher (ResNet50 with its optimizer state) is under 200 MiB
+ARCHIVE_FACTOR = 8  # all members together: mdistiller's archive holds a handful of teachers
+MAX_MEMBERS = 10_000
 
 
 class FetchError(RuntimeError):
@@ -109,7 +119,46 @@ def _report_ok(arch: str, path: Path, note: str = "") -> None:
     print(f"{arch}: ok, {path}{acc_text}{note}", flush=True)
 
 
-def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, target: Path, label: str) -> None:
+def limit_text(max_teacher_bytes: int) -> str:
+    return f"{max_teacher_bytes / MIB:g} MiB"
+
+
+def _over_limit(what: str, size: int, max_teacher_bytes: int) -> FetchError:
+    return FetchError(f"{what} holds {size / MIB:.1f} MiB or more, over the {limit_text(max_teacher_bytes)} limit for "
+                      "one teacher (CIFAR teachers are at most a few hundred MB); refusing it without reading on "
+                      "(a trusted archive with larger teachers: raise --max-teacher-mb)")
+
+
+def _list_members(tar: tarfile.TarFile, archive: Path, dest: Path, max_teacher_bytes: int) -> list[tarfile.TarInfo]:
+    """The members, each checked as soon as its header is read: safe path, size within the limits."""
+    members, total = [], 0
+    while (m := tar.next()) is not None:
+        reason = _unsafe(m, dest)
+        if reason:
+            raise FetchError(f"archive {archive} holds an unsafe member {m.name!r} ({reason}); refusing it")
+        if m.size > max_teacher_bytes:
+            raise _over_limit(f"archive {archive}: member {m.name!r}", m.size, max_teacher_bytes)
+        total += m.size
+        if total > ARCHIVE_FACTOR * max_teacher_bytes or len(members) >= MAX_MEMBERS:
+            raise FetchError(f"archive {archive} holds more than {limit_text(ARCHIVE_FACTOR * max_teacher_bytes)} "
+                             f"or {MAX_MEMBERS} members in all ({ARCHIVE_FACTOR} teachers at the "
+                             f"{limit_text(max_teacher_bytes)} limit); refusing it without reading on")
+        members.append(m)
+    return members
+
+
+def _copy_limited(src: Any, out: Any, limit: int, label: str) -> None:
+    """Copy at most `limit` bytes; one more is an error (the limit holds whatever a header claimed)."""
+    done = 0
+    while chunk := src.read(min(CHUNK, limit + 1 - done)):
+        done += len(chunk)
+        if done > limit:
+            raise _over_limit(label, done, limit)
+        out.write(chunk)
+
+
+def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, target: Path, label: str,
+                 max_teacher_bytes: int) -> None:
     """Extract one member to a temp file beside `target`, verify it, then rename it into place."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{CKPT_NAME}.", suffix=".tmp")
     tmp = Path(tmp_name)
@@ -118,7 +167,7 @@ def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, targe
             src = tar.extractfile(member)
             if src is None:
                 raise FetchError(f"{label} is not a regular file")
-            shutil.copyfileobj(src, out, CHUNK)
+            _copy_limited(src, out, max_teacher_bytes, label)
             out.flush()
             os.fsync(out.fileno())
         try:
@@ -131,10 +180,12 @@ def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, targe
 
 
 def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str] = "t_model",
-                         archs: list[str] | None = None, force: bool = False) -> list[Path]:
+                         archs: list[str] | None = None, force: bool = False,
+                         max_teacher_bytes: int = MAX_TEACHER_MIB * MIB) -> list[Path]:
     """Place the archive's teachers under `dest`, verified; returns the placed paths.
 
-    Raises FetchError for an unreadable/unsafe archive or unknown names (nothing written), and
+    Raises FetchError for an unreadable/unsafe archive, one over the size limits (a member over
+    `max_teacher_bytes`, all members over ARCHIVE_FACTOR times that) or unknown names (nothing written), and
     TeachersFailed after reporting each teacher if any of them did not load as its named architecture.
     """
     archive, dest = Path(archive), Path(dest)
@@ -153,14 +204,11 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
     failed: list[str] = []
     with tar:
         try:
-            members = tar.getmembers()
+            members = _list_members(tar, archive, dest, max_teacher_bytes)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise FetchError(f"archive {archive} is corrupt or truncated ({e}); download it again") from None
         found: dict[str, tarfile.TarInfo] = {}
         for m in members:
-            reason = _unsafe(m, dest)
-            if reason:
-                raise FetchError(f"archive {archive} holds an unsafe member {m.name!r} ({reason}); refusing it")
             match = _MEMBER_RE.match(m.name)
             if match and m.isfile():
                 found.setdefault(match.group(1), m)
@@ -187,7 +235,7 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
             created_dir = not target.parent.exists()
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                _install_one(tar, found[arch], arch, target, label)
+                _install_one(tar, found[arch], arch, target, label, max_teacher_bytes)
             except (CheckpointError, FetchError, tarfile.TarError, EOFError, OSError) as e:
                 print(f"{arch}: FAILED, {e}; not installed", file=sys.stderr, flush=True)
                 failed.append(arch)
