@@ -4,12 +4,13 @@
 # the rest, and prints what it measured as soon as it has it. JSON lines go to OUT_DIR and to the console.
 #   bash bench/gpu_check.sh speed  [OUT_DIR]   # trials as a batch: images/s of 1, 2 and 5 trials   (~6 min)
 #   bash bench/gpu_check.sh checks [OUT_DIR]   # float64 equivalences and main.py with two trials     (~5 min)
-#   bash bench/gpu_check.sh all    [OUT_DIR]   # both, on a machine without a per-command limit
+#   bash bench/gpu_check.sh methods [OUT_DIR]  # every baseline's images/s beside KD's                 (~5 min)
+#   bash bench/gpu_check.sh all    [OUT_DIR]   # all three, on a machine without a per-command limit
 # Run from the repository root; the project need not be installed (PYTHONPATH is set here).
 set -u
 part=${1:-all}
 out=${2:-${OUT:-/tmp/gpu_check}}; mkdir -p "$out"
-case $part in speed|checks|all) ;; *) echo "usage: bash bench/gpu_check.sh speed|checks|all [OUT_DIR]" >&2; exit 2;; esac
+case $part in speed|checks|methods|all) ;; *) echo "usage: bash bench/gpu_check.sh speed|checks|methods|all [OUT_DIR]" >&2; exit 2;; esac
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 step() { local limit=$1 name=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt" | tail -40;
@@ -18,7 +19,7 @@ step() { local limit=$1 name=$2; shift 2; echo "== $name"; timeout "$limit" "$@"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$out/gpu.txt"
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
-if [[ $part != checks ]]; then
+if [[ $part == speed || $part == all ]]; then
   # One trial (the single-trial fast path with compile) and groups of 2 and 5, one process, fp32, batch 64 per
   # trial; then where each one's time goes (kernels per step, the costliest kernels).
   step 290 speed_trials_r56 $py bench/speed.py --pairs resnet56:resnet20 --trials 1 2 5 --steps 200 --warmup 30 --profile 10
@@ -26,7 +27,7 @@ if [[ $part != checks ]]; then
   step 150 speed_trials_shufflev2 $py bench/speed.py --pairs resnet32x4:ShuffleV2 --trials 1 5 --steps 150 --warmup 30
 fi
 
-if [[ $part != speed ]]; then
+if [[ $part == checks || $part == all ]]; then
   # float64: a group of three on the fast path (CUDA graph, compile, channels_last) against each trial alone
   step 200 equivalence_group $py bench/equivalence.py --pair resnet56:resnet20 --batch 64 --trials 3 --variant fast_compile
   # main.py end to end with the defaults: two trials together, two epochs (an lr decay: the graph re-captured)
@@ -48,4 +49,12 @@ for path in sorted(glob.glob(sys.argv[1] + '/exp/*/trial_*/results.json')):
       "$work" | tee -a "$out/steps.jsonl"
   # the whole default trainer (compile, graph re-captured after the lr decay, eager last batch) against eager
   step 180 trainer_equivalence $py bench/trainer_equivalence.py --pair resnet56:resnet20
+fi
+
+if [[ $part == methods || $part == all ]]; then
+  # Every method's main-stage step, one trial, CUDA graph and channels_last without compile (compiling each would
+  # not fit the time), beside KD's in the same process.
+  methods="cocord hint attention similarity correlation vid rkd pkt abound factor fsp nst crd dkd"
+  step 290 speed_methods $py bench/speed.py --pairs resnet32x4:resnet8x4 --methods $methods --group-variant fast \
+    --steps 100 --warmup 20
 fi

@@ -1,5 +1,5 @@
-"""What the bench scripts share: CoCoRD runs built the way the trainer builds them (engine.group, engine.step),
-on random CIFAR-sized data, so that what is measured and compared is the real step."""
+"""What the bench scripts share: runs of a method (CoCoRD unless said) built the way the trainer builds them
+(engine.group, engine.step), on random CIFAR-sized data, so that what is measured and compared is the real step."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import torch
 
 from dataset import GPULoader, build_torchvision_loaders
 from dataset.cifar import CifarArrays
-from distiller import CoCoRD
+from distiller import Distiller, method_class
 from engine.config import build_options
 from engine.data import DeviceBatches, TrainBatches
 from engine.group import train_parts
@@ -49,41 +49,45 @@ def options(pair: str, batch: int, cocord: dict[str, Any] | None = None, **extra
 
 
 def make_methods(opt: dict[str, Any], trials: int, device: torch.device, dtype: torch.dtype = torch.float32,
-                 seed: int = 0) -> list[CoCoRD]:
-    """`trials` methods sharing one (random, frozen) teacher; trial k initialised from seed + k."""
+                 seed: int = 0, train_labels: torch.Tensor | None = None) -> list[Distiller]:
+    """`trials` methods of `opt`'s distill sharing one (random, frozen) teacher; trial k initialised from seed + k.
+    `train_labels`: the training set's labels, for a method that needs them (CRD)."""
+    cls = method_class(opt["distill"])
+    extra = {"train_labels": train_labels} if cls.needs_index else {}
     torch.manual_seed(seed)
     teacher = build_model(opt["teacher_model"], opt["n_cls"]).eval()
     methods = []
     for k in range(trials):
         torch.manual_seed(seed + 1 + k)
-        methods.append(CoCoRD(build_model(opt["student_model"], opt["n_cls"]), teacher, opt))
+        methods.append(cls(build_model(opt["student_model"], opt["n_cls"]), teacher, opt, **extra))
     return [m.to(device=device, dtype=dtype) for m in methods]
 
 
-def make_step(methods: list[CoCoRD], opt: dict[str, Any], speed: Speed, device: torch.device
+def make_step(methods: list[Distiller], opt: dict[str, Any], speed: Speed, device: torch.device
               ) -> tuple[SingleTrial | StackedTrials, torch.optim.Optimizer, DeviceMeter, Step]:
     """One trial through its method, several stacked, and what trains them: as engine.group builds them."""
     fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
     methods = [m.to(memory_format=fmt) for m in methods]
     replicas = (SingleTrial(methods[0]) if len(methods) == 1
                 else StackedTrials.from_methods(methods, speed.channels_last))
-    return (replicas, *train_parts(replicas, CoCoRD, opt, speed, device))
+    return (replicas, *train_parts(replicas, type(methods[0]), opt, speed, device))
 
 
 def make_batches(arrays: CifarArrays, trials: int, speed: Speed, device: torch.device, batch: int,
-                 workers: int) -> TrainBatches:
+                 workers: int, n_views: int = 3) -> TrainBatches:
     if speed.loader == "gpu":
-        first = GPULoader(arrays.train_images, arrays.train_labels, batch, 3, device, channels_last=speed.channels_last)
+        first = GPULoader(arrays.train_images, arrays.train_labels, batch, n_views, device,
+                          channels_last=speed.channels_last)
         return TrainBatches([first] + [first.sibling() for _ in range(trials - 1)], arrays.train_labels)
     loaders = []
     for _ in range(trials):
         g = torch.Generator()
-        train, _ = build_torchvision_loaders(arrays, batch, 3, workers, device.type == "cuda", generator=g)
+        train, _ = build_torchvision_loaders(arrays, batch, n_views, workers, device.type == "cuda", generator=g)
         loaders.append(DeviceBatches(train, device, speed.channels_last, g))
     return TrainBatches(loaders, arrays.train_labels)
 
 
-def copies(methods: list[CoCoRD]) -> list[CoCoRD]:
+def copies(methods: list[Distiller]) -> list[Distiller]:
     """Independent copies sharing the one teacher."""
     out = []
     for m in methods:

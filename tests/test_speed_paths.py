@@ -55,3 +55,16 @@ def test_speed_bench_trials_and_profile():
         profile = pair[key]["profile"]
         assert profile["ops_per_step"] > 0 and profile["ms_per_step"] > 0
         assert len(profile["top"]) > 0 and all(len(row) == 3 for row in profile["top"])
+
+
+def test_speed_bench_measures_methods_beside_kd():
+    """`--methods`: each method measured in the same run as KD, with its ratio to KD's images/s."""
+    import json
+    import subprocess
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--pairs", "resnet8:resnet8",
+                           "--methods", "crd", "hint", "--steps", "1", "--warmup", "1", "--batch", "8",
+                           "--images", "64", "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(line["methods_vs_kd"]) == {"kd", "crd", "hint"} and line["methods_vs_kd"]["kd"] == 1.0
+    assert all(line[f"method_{m}"]["images_per_s"] > 0 for m in ("kd", "crd", "hint"))

@@ -235,5 +235,30 @@ def test_paper_options_files() -> None:
 
 def test_paper_options_up_to_date() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_paper_options.py"), "--check"],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_paper_options_of_every_baseline() -> None:
+    """options/paper/<method>/<pair>.yml: each baseline's defaults on every pair of the paper's tables it can be
+    built for, the low learning rate where CRD uses it, mdistiller's per-pair DKD beta, the paper's KD/CRD number."""
+    from distiller import METHODS
+    entries = {(e["teacher"], e["student"]): e for e in paper_entries()}
+    folders = sorted(p for p in (ROOT / "options" / "paper").iterdir() if p.is_dir())
+    assert {f.name for f in folders} >= set(METHODS) - {"cocord", "none"} | {"crd_kd"}
+    for folder in folders:
+        files = sorted(folder.glob("*.yml"))
+        assert len(files) == (6 if folder.name == "fsp" else 13), folder  # FSP: only where the channels agree
+        template = load_options(ROOT / "options" / f"train_{folder.name}.yml")
+        for path in files:
+            opt = load_options(path)
+            pair = (opt["teacher_model"], opt["student_model"])
+            assert pair in entries and path.name == f"{pair[0]}_{pair[1]}.yml", path
+            assert opt["distill"] == template["distill"] and opt["loss_kd"] == template["loss_kd"], path
+            assert opt["learning_rate"] == (0.01 if pair[1] in LOW_LR_STUDENTS else 0.05), path
+            if folder.name in ("kd", "crd"):
+                assert f"{entries[pair][folder.name]:.2f}" in path.read_text().splitlines()[0], path
+    dkd = ROOT / "options" / "paper" / "dkd"
+    assert load_options(dkd / "resnet56_resnet20.yml")["dkd"]["beta"] == 2.0  # mdistiller's per-pair beta
+    assert load_options(dkd / "vgg13_vgg8.yml")["dkd"]["beta"] == 6.0
+    assert load_options(dkd / "resnet32x4_ShuffleV1.yml")["dkd"]["beta"] == 8.0
