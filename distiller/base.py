@@ -45,6 +45,7 @@ trials then train one after another in the same process, with the same folders a
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -76,7 +77,10 @@ def method_class(name: str) -> type[Distiller]:
     try:
         return METHODS[ALIASES.get(name, name)]
     except KeyError:
-        raise OptionsError(f"option 'distill' must be one of {', '.join(sorted(METHODS))}, got {name!r}") from None
+        close = difflib.get_close_matches(str(name), [*METHODS, *ALIASES], n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise OptionsError(f"option 'distill' must be one of {', '.join(sorted(METHODS))}, got {name!r}; {hint}"
+                           "each is one file under distiller/ (docs/methods.md)") from None
 
 
 def option_schema() -> dict[str, Any]:

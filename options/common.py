@@ -74,8 +74,9 @@ COMMON: dict[str, Any] = {
     # Not part of a run's folder name: a resume trains a run on to more epochs (--resume --set epochs=N).
     "epochs": Field(240, "int", *POS, resume="change", in_name=False),
     "learning_rate": Field(0.05, "float", *POS, resume="change"),
+    # With epochs, the schedule a resume may extend: not part of the folder name either.
     "lr_decay_epochs": Field([150, 180, 210], "int_list", lambda v: all(e > 0 for e in v),
-                             "must be a list of positive epochs", resume="change"),
+                             "must be a list of positive epochs", resume="change", in_name=False),
     "lr_decay_rate": Field(0.1, "float", lambda v: 0 < v <= 1, "must be in (0, 1]", resume="change"),
     "weight_decay": Field(5e-4, "float", *NONNEG, resume="change"),
     "momentum": Field(0.9, "float", *UNIT, resume="change"),

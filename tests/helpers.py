@@ -119,7 +119,7 @@ def write_yaml(path: str | os.PathLike[str], options: dict[str, Any]) -> str:
 # Small but complete CoCoRD runs: tiny heads and queue, CPU, a fixed seed.
 TINY_COCORD = {"key_size": 64, "hidden_dim": 32, "embedding_dim": 16, "pred_dim": 8}
 # What tiny_options add to a run's folder name: every option that differs from its default, in schema order.
-TINY_NAME = "_batch_size16_lr_decay_epochs1_n_cls10"
+TINY_NAME = "_batch_size16_n_cls10"
 TINY_COCORD_NAME = TINY_NAME + "_key_size64_pred_dim8_hidden_dim32_embedding_dim16"
 
 

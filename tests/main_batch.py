@@ -1,6 +1,7 @@
 """Several `python main.py ARGS` in one process, to check many quick refusals for one start-up's cost.
 
     python tests/main_batch.py CASES.json RESULTS.json   (a list of argument lists; run in the caller's folder)
+    torchrun --nproc_per_node=2 tests/main_batch.py CASES.json RESULTS.json   (RESULTS.json.<rank> per process)
 
 Writes RESULTS.json (stdout is the runs' own): per case its exit status (main's return, SystemExit's code,
 or 1 with a traceback for an exception that escaped, as a real process would end), its stderr, its seconds,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import resource
 import sys
 import time
@@ -48,7 +50,9 @@ def run_cases(cases: list[list[str]]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    Path(sys.argv[2]).write_text(json.dumps(run_cases(json.loads(Path(sys.argv[1]).read_text()))))
+    results = run_cases(json.loads(Path(sys.argv[1]).read_text()))
+    rank = os.environ.get("RANK")  # under torchrun every process runs the cases; each writes its own results
+    Path(sys.argv[2] + (f".{rank}" if rank is not None else "")).write_text(json.dumps(results))
 
 
 def run_batch(cases: list[list[str]], cwd: Path, timeout: float = 600) -> list[dict]:

@@ -53,7 +53,7 @@ class Toy(Distiller):
     def experiment_name(cls, opt: dict[str, Any]) -> str:
         return f"S_{opt['student_model']}_T_{opt['teacher_model']}_toy_w{opt['toy']['weight']}"
 '''
-FOLDER = "S_resnet8_T_resnet8_toy_w0.5"
+FOLDER = "S_resnet8_T_resnet8_toy_w0.5_batch_size16_n_cls10"  # then the options not at their defaults
 TOY_TAGS = ("loss_train/smooth", "loss_train/cls", "loss_train/total", "acc_teacher/top_1", "acc_teacher/top_5",
             "acc_train/top_1")
 
@@ -162,7 +162,7 @@ def test_a_new_method_runs_under_torchrun(copy, toy_options):
                           cwd=copy, env=env_for(copy), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("epoch 1/1 lr") == 1  # rank 0 alone prints
-    trial = ddp / FOLDER / "trial_1"
+    trial = ddp / FOLDER.replace("batch_size16", "batch_size8") / "trial_1"  # its folder says its batch
     tags = scalars(trial)
     assert [step for step, _ in tags["loss_train/smooth"]] == [1]
     assert json.loads((trial / "results.json").read_text())["history"][0]["images"] == 100  # both ranks' halves

@@ -40,7 +40,7 @@ CASES = [
     ("momentum above 1", {"momentum": 1.5}, [], ["momentum", "[0, 1]"]),
     ("decay epochs out of order", {"lr_decay_epochs": [3, 1]}, [], ["lr_decay_epochs", "increasing"]),
     ("start_epoch from the published code", {"start_epoch": 5}, [], ["start_epoch", "path.resume"]),
-    ("unknown method", {"distill": "crd"}, [], ["distill", "cocord"]),
+    ("unknown method", {"distill": "crdd"}, [], ["distill", "cocord", "did you mean 'crd'"]),
     ("kd without weight", {"distill": "kd"}, [], ["loss_kd"]),
     ("queue smaller than a batch", {"cocord": {"key_size": 8}}, [], ["key_size", "batch"]),
     ("unknown student", {"student_model": "resnet2O"}, [], ["student_model", "'resnet20'"]),

@@ -40,6 +40,8 @@ METHODS = {"cocord": ({}, "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0"
            "kd": ({"distill": "kd", "loss_cls": 0.1, "loss_kd": 0.9},
                   "S_resnet8_T_resnet8_cifar100_kd_cls0.1kd0.9T4.0" + TINY_NAME),
            "none": ({"distill": "none"}, "resnet8_cifar100_vanilla" + TINY_NAME)}
+# Each of the two processes takes a batch of 8: the folders say so.
+METHODS = {m: (changes, folder.replace("batch_size16", "batch_size8")) for m, (changes, folder) in METHODS.items()}
 
 
 @pytest.mark.slow
@@ -71,3 +73,29 @@ def test_a_rank_that_falls_behind_does_not_mistake_rank_0s_files_for_another_run
     assert done.returncode == 0, done.stderr[-3000:]
     trial = tmp_path / "experiments" / METHODS["none"][1] / "trial_1"
     assert json.loads((trial / "results.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+def test_every_baseline_trains_and_resumes_under_torchrun(tmp_path, tiny_cifar, tiny_teacher):
+    """Each baseline for one epoch, then resumed to two, by 2 gloo processes (one launch runs them all, through
+    main.main as main.py does): each finishes with both epochs and every process holding the same state (the
+    trainer compares what each method declares replicated at every epoch's end and stops if it differs)."""
+    from main_batch import __file__ as batch_script
+    from test_methods_e2e import BASELINES, options
+    cases = []
+    for name in BASELINES:
+        opt = write_yaml(tmp_path / f"{name}.yml", {**options(name, tiny_cifar, tiny_teacher), "batch_size": 8,
+                                                    "experiment_name": name})
+        cases += [["-opt", opt, "--set", "epochs=1"], ["-opt", opt, "--resume", "--set", "epochs=2"]]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    done = torchrun([batch_script, str(tmp_path / "cases.json"), str(tmp_path / "results.json")], tmp_path,
+                    timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        results = json.loads((tmp_path / f"results.json.{rank}").read_text())
+        failed = [(r["argv"][1], r["stderr"][-400:]) for r in results if r["rc"] != 0]
+        assert not failed, failed
+    for name in BASELINES:
+        results = json.loads((tmp_path / "experiments" / name / "trial_1" / "results.json").read_text())
+        assert results["finished"] and [h["epoch"] for h in results["history"]] == [1, 2], name
+        assert results["history"][0]["images"] == 100, name  # both processes' halves of the 100 images

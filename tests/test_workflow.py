@@ -54,18 +54,24 @@ def test_a_run_records_where_it_came_from(first_run):
 def test_an_ablation_does_not_replace_the_trial(first_run):
     work, opt, _, trial = first_run
     before = snapshot(trial)
+    # Another setting is another run: it gets a folder of its own, named by what differs from the defaults.
     done = run_main(["-opt", opt, "-t", "1", "--set", "cocord.T=0.07"], work)
-    assert done.returncode == 2
-    [error] = lines(done.stderr)
-    assert str(trial.relative_to(work)) in error and "cocord.T 0.1 -> 0.07" in error, error
-    assert "experiment_name" in error and "--replace" in error, error
+    assert done.returncode == 0, done.stderr
+    ablation = trial.parent.parent / (trial.parent.name.replace("_n_cls10", "_n_cls10_T0.07")) / "trial_1"
+    assert yaml.safe_load((ablation / "options.yml").read_text())["cocord"]["T"] == 0.07
     assert snapshot(trial) == before and not [p for p in trial.parent.iterdir() if "archived" in p.name]
 
+    # A folder named by hand holds whatever it was given first; another setting there is refused, one line.
     own = work / "experiments" / "t007" / "trial_1"
     done = run_main(["-opt", opt, "-t", "1", "--set", "cocord.T=0.07", "experiment_name=t007"], work)
     assert done.returncode == 0, done.stderr
-    assert yaml.safe_load((own / "options.yml").read_text())["cocord"]["T"] == 0.07
-    assert "archived" not in done.stdout + done.stderr
+    mine = snapshot(own)
+    done = run_main(["-opt", opt, "-t", "1", "--set", "cocord.T=0.05", "experiment_name=t007"], work)
+    assert done.returncode == 2
+    [error] = lines(done.stderr)
+    assert str(own.relative_to(work)) in error and "cocord.T 0.07 -> 0.05" in error, error
+    assert "experiment_name" in error and "--replace" in error, error
+    assert snapshot(own) == mine
 
     done = run_main(["-opt", opt, "-t", "1", "--set", "cocord.T=0.07", "experiment_name=t007"], work)
     assert done.returncode == 0, done.stderr
