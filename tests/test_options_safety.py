@@ -265,6 +265,18 @@ def test_published_trial_flag():
     assert main.parse_args(["-opt", "x.yml"]).trials == [1]
 
 
+@pytest.mark.parametrize("text", ["\uff11", "+1", "1_0", " 1", "1-\uff12", "1-+2", "0", "3-1", "1,1", "1-2-3", "65537"])
+def test_trial_list_takes_plain_digits_only(text, capsys):
+    """-t takes ASCII digits: int() alone would read a full-width 1, +1 and 1_0 as trial numbers. A bad list is
+    one line and exit status 2, like any bad input."""
+    with pytest.raises(SystemExit) as stop:
+        main.parse_args(["-opt", "x.yml", "-t", text])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "is not a trial list" in lines[0], lines
+    assert main.parse_args(["-opt", "x.yml", "-t", "1-3,07"]).trials == [1, 2, 3, 7]
+
+
 # End to end: the real main.py. These fail before torch is imported, so each takes well under a second.
 E2E = {
     "alias bomb": (BOMB, [], "expands to more than"),
