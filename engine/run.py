@@ -55,15 +55,17 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
     plan = check(opt, cmd, world, progress)
     train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed,
                                              len(plan.trials), rank, world, plan.method_cls.min_batch)
-    # The last check, what the trial folders hold now, is the writing process's alone: another rank may look only
-    # after rank 0 has begun to write them, and would take its half-made folder for someone else's run.
-    if not plan.checkpoints and rank == 0:
-        plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
-    methods, extra = build(plan, test_batches, world, progress)
-    locks = lock_trials(plan.trials) if rank == 0 else []  # the first write: another run of these trials stops here
+    locks = []
     try:
         if rank == 0:
+            # The first write: another run of these trials stops here. Only then is what their folders hold judged
+            # (a run that holds the lock may be making them right now), and only by the writing process (another
+            # rank may look only after rank 0 has begun to write, and take its half-made folder for another run).
+            locks = lock_trials(plan.trials)
             check_unchanged(plan.trials, plan.folder_states)
+            if not plan.checkpoints:
+                plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
+        methods, extra = build(plan, test_batches, world, progress)
         write(plan, cmd, methods[0], extra, rank, progress)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:

@@ -22,15 +22,17 @@ class FolderBusy(RuntimeError):
 def lock_trials(trials: list[Trial]) -> list[FolderLock]:
     """One lock per trial, beside its folder, held while the run trains: a second process on the same trial
     stops before it renames or writes anything."""
-    locks = []
+    locks: list[FolderLock] = []
     try:
         for trial in trials:
             locks.append(FolderLock(trial.paths.folder.parent, trial.paths.folder.name))
-    except LockError as err:
+    except BaseException as err:
         for lock in locks:
             lock.release()
-        raise FolderBusy(f"{trial.paths.folder} is being trained by {err} right now; wait for it to finish, or "
-                         "give this run another -t or experiment_name") from None
+        if isinstance(err, LockError):
+            raise FolderBusy(f"{trial.paths.folder} is being trained by {err} right now; wait for it to finish, or "
+                             "give this run another -t or experiment_name") from None
+        raise
     return locks
 
 

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import os
 import shutil
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 
 class DiskError(OSError):
@@ -58,33 +58,51 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class LockError(RuntimeError):
-    """Another process holds the lock."""
+    """Another process holds the lock; the message names it."""
 
 
 class FolderLock:
-    """An exclusive lock on a name inside `folder` (flock: released by the kernel whatever ends the process)."""
+    """An exclusive lock on a name inside `folder` (an flock, through filelock: released by the kernel whatever
+    ends the process, so a lock file left by a dead run does not block). The file names the process holding it."""
 
     def __init__(self, folder: Path, name: str):
-        folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f".{name}.lock"
-        self._file: TextIO | None = open(self.path, "a+")  # noqa: SIM115 - held for the run's lifetime
+        self._lock: FileLock | None = FileLock(self.path, timeout=0)
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            self._file = None
-            raise LockError(holder) from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"process {os.getpid()}")
-        self._file.flush()
+            folder.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except Timeout:
+            self._lock = None
+            try:
+                holder = self.path.read_text(errors="replace").strip()[:80]
+            except OSError:
+                holder = ""
+            raise LockError(holder or "another process") from None
+        except OSError as err:
+            self._lock = None
+            raise _lock_problem(self.path, err) from None
+        try:
+            self.path.write_text(f"process {os.getpid()}")
+        except OSError:
+            pass  # the name is for a second process's message only; the lock holds without it
 
     def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # closing releases the flock
-            self._file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _lock_problem(path: Path, err: OSError) -> OSError:
+    """What keeps a lock from being taken, as one line where the cause is the file system or its permissions."""
+    if err.errno == errno.ENOLCK:
+        return DiskError(err.errno, f"cannot lock {path}: its file system offers no file locks (as NFS without a "
+                                    "lock daemon); put experiments_dir on a file system that does, e.g. a local disk")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = path if path.exists() else path.parent
+        return DiskError(err.errno, f"cannot lock {path}: {where} is not writable by this user ({err.strerror}); if "
+                                    "another user left it and no run of this trial is going on, remove it, or choose "
+                                    "an experiments_dir you can write to")
+    return DiskError(err.errno, f"cannot lock {path}: {err.strerror}; if no run of this trial is going on, remove it")
 
 
 def archive_name(folder: Path, stamp: str) -> Path:
