@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT
 from helpers import main_env, run_main, tiny_options, write_yaml
+from main_batch import run_batch
+from test_robustness_inputs import one_error_line, snapshot
 from test_robustness_stops import pause_dir, start, stderr_line, wait_for
 from test_train_e2e import COCORD_FOLDER
 
@@ -43,6 +46,105 @@ def copy_of(base: Path, work: Path, name: str = "experiments") -> Path:
     shutil.copytree(base / "experiments", work / name)
     shutil.copy(base / "opt.yml", work / "opt.yml")
     return work / name / COCORD_FOLDER
+
+
+def test_damaged_lost_or_impossible_trial_folders_are_refused(tmp_path, base):
+    """Issue 21 items 1, 4, 7, 9 and 14, and a resume of a trial that never existed: each refused with one line
+    before anything is written (run.json as a folder used to crash after results.json and options.yml were
+    rewritten; a group trial without its checkpoint was trained again over its results)."""
+    cases = []  # (case folder, how to damage the copy, extra arguments, words the line must hold)
+
+    def case(name, damage, args, words):
+        folder = copy_of(base, tmp_path, name) if damage is not None else None
+        if damage is not None:
+            damage(folder)
+        cases.append((["-opt", "opt.yml", "--set", f"experiments_dir={name}", *args], words))
+
+    def into_folder(relative):
+        def damage(folder):
+            path = folder / relative
+            path.unlink()
+            path.mkdir()
+        return damage
+
+    def without_best_epoch(folder):
+        path = folder / "trial_1" / "model" / "checkpoint.pth"
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["best_epoch"]
+        torch.save(ckpt, path)
+
+    def trial_2_a_file(folder):
+        shutil.rmtree(folder / "trial_2")
+        (folder / "trial_2").write_text("not a folder")
+
+    def lose_checkpoint(folder):
+        (folder / "trial_2" / "model" / "checkpoint.pth").unlink()
+
+    resume = ["epochs=3", "--resume", "-t"]
+    case("run_json", into_folder("trial_1/run.json"), [*resume, "1"], ["run.json is a folder", "move it away"])
+    case("train_log", into_folder("trial_1/train.log"), [*resume, "1"], ["train.log is a folder"])
+    case("results", into_folder("trial_2/results.json"), [*resume, "1-2"], ["trial_2", "results.json is a folder"])
+    case("tmp", lambda folder: (folder / "trial_1/model/checkpoint.pth.tmp").mkdir(), [*resume, "1"],
+         ["model/checkpoint.pth.tmp is a folder"])
+    case("ckpt", into_folder("trial_2/model/checkpoint.pth"), [*resume, "1-2"], ["checkpoint.pth is not a regular"])
+    case("file", trial_2_a_file, [*resume, "1-2"], ["trial_2", "is a file"])
+    case("keys", without_best_epoch, [*resume, "1"], ["lacks best_epoch", "damaged"])
+    case("lost", lose_checkpoint, [*resume, "1-2"], ["trial_2", "checkpoint.pth is missing", "results.json"])
+    case("lost_one", lose_checkpoint, [*resume, "2"], ["trial_2", "checkpoint.pth is missing", "move the folder"])
+    case("fewer", lambda folder: None, ["epochs=1", "--resume", "-t", "1-2"], ["epochs=1", "trained 2 epochs"])
+    case("never", lambda folder: None, [*resume, "9"], ["nothing to resume", "no run at", "trial_9"])
+    case("long", None, ["experiment_name=" + "x" * 300], ["300 bytes", "shorter experiment_name"])
+    case("wide", None, ["experiment_name=" + "\u4e00" * 90], ["270 bytes", "shorter experiment_name"])
+    # 65536 resnet32x4 need terabytes: said before the teacher (missing here) is read, before any trial is made.
+    case("many", None, ["path.teacher=missing.pth", "student_model=resnet32x4", "-t", "1-65536"],
+         ["GiB", "65536 trial"])
+
+    before = snapshot(tmp_path)
+    results = run_batch([argv for argv, _ in cases], tmp_path)
+    for (argv, words), result in zip(cases, results):
+        assert result["rc"] == 2, (argv, result["stderr"])
+        line = one_error_line(result)
+        for word in words:
+            assert word in line, (argv, line)
+        assert result["peak_growth_mb"] < 500, (argv, result)
+    assert snapshot(tmp_path) == before  # nothing written, renamed or made, not even an experiment folder
+
+
+def chattr(flag: str, *paths: Path) -> bool:
+    return subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True).returncode == 0
+
+
+def test_folders_and_locks_this_user_cannot_write(tmp_path, base):
+    """Issue 21 item 6: an experiment folder, a trial folder or a model folder that cannot be written, and a lock
+    file another user left, each one line before anything is written. The tests run as root, which ignores
+    permission bits: the immutable attribute (chattr +i) makes the folder or file unwritable for root too."""
+    if shutil.which("chattr") is None:
+        pytest.skip("needs chattr")
+    folders = {name: copy_of(base, tmp_path, name) for name in ("exp", "trial", "model", "lock")}
+    (folders["lock"] / ".trial_1.lock").write_text("process 1")
+    locked = [folders["exp"], folders["trial"] / "trial_1", folders["model"] / "trial_1" / "model",
+              folders["lock"] / ".trial_1.lock"]
+    if not chattr("+i", *locked):
+        pytest.skip("this file system has no immutable attribute")
+    resume = ["epochs=3", "--resume", "-t", "1"]
+    cases = [("exp", ["-t", "3"], ["experiment folder", "not writable"]),
+             ("exp", resume, ["experiment folder", "not writable"]),
+             ("trial", resume, ["trial folder", "trial_1", "not writable"]),
+             ("model", resume, ["trial folder", "model", "not writable"]),
+             ("lock", resume, ["cannot lock", ".trial_1.lock", "not writable", "remove it"])]
+    try:
+        before = snapshot(tmp_path)
+        results = run_batch([["-opt", "opt.yml", "--set", f"experiments_dir={name}", *args]
+                             for name, args, _ in cases], tmp_path)
+        after = snapshot(tmp_path)
+    finally:
+        chattr("-i", *locked)
+    for (name, args, words), result in zip(cases, results):
+        assert result["rc"] == 2, (name, args, result["stderr"])
+        line = one_error_line(result)
+        for word in words:
+            assert word in line, (name, line)
+    assert after == before
 
 
 def test_a_file_system_without_locks(tmp_path, base):

@@ -115,12 +115,35 @@ def archive_name(folder: Path, stamp: str) -> Path:
     return candidate
 
 
-def check_writable_folder(path: Path, what: str) -> None:
+def check_writable_folder(path: Path, what: str, advice: str = "choose a folder you can write to") -> None:
     """Raise DiskError unless `path` is (or can be made) a folder this process can write in."""
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise DiskError(errno.ENOTDIR, f"{what} {path}: {probe} is a file, not a folder; choose another folder")
+        raise DiskError(errno.ENOTDIR, f"{what} {path}: {probe} is a file, not a folder; {advice}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise DiskError(errno.EACCES, f"{what} {path}: {probe} is not writable; choose a folder you can write to")
+        raise DiskError(errno.EACCES, f"{what} {path}: {probe} is not writable; {advice}")
+
+
+def check_name_lengths(path: Path, what: str, advice: str, room: int = 0) -> None:
+    """Raise DiskError if a name in `path` is longer than its file system takes, or the whole path with `room`
+    bytes more (for the files a run writes inside it): told before the run writes, not as it writes."""
+    probe = path.absolute()
+    while not os.path.lexists(probe) and probe != probe.parent:  # lexists: False, not an error, for a long name
+        probe = probe.parent
+    def limit(name: str, default: int) -> int:
+        try:
+            return os.pathconf(probe, name)
+        except (OSError, ValueError):
+            return default
+    name_max, path_max = limit("PC_NAME_MAX", 255), limit("PC_PATH_MAX", 4096)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise DiskError(errno.ENAMETOOLONG, f"{what}: the name {part[:30]!r}... is {size} bytes long, and this "
+                                                f"file system takes at most {name_max}; {advice}")
+    size = len(os.fsencode(str(path.absolute()))) + room
+    if size > path_max:
+        raise DiskError(errno.ENAMETOOLONG, f"{what}: {str(path)[:30]!r}... makes paths of {size} bytes, and this "
+                                            f"file system takes at most {path_max}; {advice}")
