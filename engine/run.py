@@ -6,6 +6,7 @@ the trial folders, a resume target) runs before anything is written or an old ru
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from typing import Any
 
@@ -21,7 +22,7 @@ from engine.plan import Command, Plan, check
 from engine.resume import plan_folder
 from engine.teacher import check_teacher_outputs
 from engine.trainer import RunContext, Trainer
-from engine.trial import ResumeError, saved_epoch
+from engine.trial import ResumeError, recorded_teacher_acc, saved_epoch
 from engine.writing import (
     FolderBusy,
     check_unchanged,
@@ -65,18 +66,28 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
             check_unchanged(plan.trials, plan.folder_states)
             if not plan.checkpoints:
                 plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
+        if plan.checkpoints:
+            progress.say(resume_line(plan))
         methods, extra = build(plan, test_batches, world, progress)
         write(plan, cmd, methods[0], extra, rank, progress)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
         progress.close()
-        raise Interrupted(interrupted_message(plan, cmd)) from None
+        close_writers(plan)
+        message = interrupted_message(plan, cmd)
+        progress.log(message)
+        raise Interrupted(message) from None
     finally:
-        for trial in plan.trials:
-            if trial.writer is not None:
-                trial.writer.close()
+        close_writers(plan)
         for lock in locks:
             lock.release()
+
+
+def close_writers(plan: Plan) -> None:
+    for trial in plan.trials:
+        if trial.writer is not None:
+            trial.writer.close()
+            trial.writer = None
 
 
 def build(plan: Plan, test_batches: Any, world: int, progress: Progress) -> tuple[list[Distiller], dict[str, Any]]:
@@ -98,7 +109,11 @@ def build(plan: Plan, test_batches: Any, world: int, progress: Progress) -> tupl
         trial.saved = (method.checkpoint_state(), None if ckpt is None else ckpt["optimizer"])
         methods.append(method)
     extra: dict[str, Any] = {}
-    if plan.teacher is not None:
+    # A resume with nothing left to train keeps the teacher accuracy its run recorded: evaluated again (perhaps on
+    # other data), it would change the result of a finished run.
+    recorded = [recorded_teacher_acc(t.paths, ckpt) for t in plan.trials
+                if (ckpt := plan.checkpoints.get(t.paths.number)) is not None]
+    if plan.teacher is not None and (_epochs_left(plan) or None in recorded):
         reduce = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
         test = evaluate(plan.teacher, test_batches, reduce)
         check_teacher_outputs(opt, test)
@@ -109,22 +124,32 @@ def build(plan: Plan, test_batches: Any, world: int, progress: Progress) -> tupl
 
 def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], rank: int, progress: Progress) -> None:
     if rank == 0:
-        for folder in plan.folders:
-            prepare_folder(folder, progress.say)
-        summary = network_summary(method)
-        for trial in plan.trials:
-            ckpt = plan.checkpoints.get(trial.paths.number)
-            if ckpt is not None:
-                complete_resumed(trial.paths, ckpt, {**extra, "trial": trial.paths.number, "seed": trial.seed},
-                                 plan.opt, progress.say)
-            record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary)
-            from torch.utils.tensorboard import SummaryWriter
-            trial.writer = SummaryWriter(str(trial.paths.folder),
-                                         purge_step=trial.state.epoch + 1 if ckpt is not None else None)
-        progress.log_to([t.paths.log for t in plan.trials])
+        _write_files(plan, cmd, method, extra, progress)
     distributed.barrier()
     for line in method.describe():
         progress.say(line)
+
+
+def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], progress: Progress) -> None:
+    for folder in plan.folders:
+        prepare_folder(folder, progress.say)
+    summary = network_summary(method)
+    for trial in plan.trials:
+        ckpt = plan.checkpoints.get(trial.paths.number)
+        if ckpt is not None:
+            kept = {} if "teacher_acc" in extra or plan.teacher is None else \
+                {"teacher_acc": recorded_teacher_acc(trial.paths, ckpt)}
+            complete_resumed(trial.paths, ckpt, {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed},
+                             plan.opt, progress.say)
+        record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary)
+        if trial.state.epoch >= plan.opt["epochs"]:
+            continue  # nothing to log: no event file
+        from torch.utils.tensorboard import SummaryWriter
+        # In a resume, every trial's events past its checkpoint are dropped: also a trial of the group that
+        # starts again, whose first epoch may have been logged before the kill that lost its checkpoint.
+        trial.writer = SummaryWriter(str(trial.paths.folder),
+                                     purge_step=trial.state.epoch + 1 if plan.checkpoints else None)
+    progress.log_to([t.paths.log for t in plan.trials])
 
 
 def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: Any, methods: list[Distiller],
@@ -132,8 +157,8 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
     opt, device = plan.opt, plan.device
     left = [t for t in plan.trials if t.state.epoch < opt["epochs"]]
     if not left:
-        progress.say(f"{plural(len(plan.trials), 'trial')} already trained all {opt['epochs']} epochs; to continue, "
-                     "resume with --set epochs=N")
+        progress.say(f"{plural(len(plan.trials), 'trial')} already trained all {plural(opt['epochs'], 'epoch')}; to "
+                     f"continue, resume with --set epochs=N (N > {opt['epochs']})")
         return
     progress.steps = len(train_batches)
     run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, rank == 0, world > 1, extra,
@@ -151,12 +176,35 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
                          f"{s.history[-1]['val_top1']:.2f}% (epoch {s.epoch})")
 
 
+def _epochs_left(plan: Plan) -> bool:
+    return any(t.state.epoch < plan.opt["epochs"] for t in plan.trials)
+
+
+def resume_line(plan: Plan) -> str:
+    """Where each trial of a resume goes on from, e.g. `resuming trial 3 from epoch 2; the run trains to epoch 4`."""
+    by_epoch: dict[int, list[int]] = {}
+    for trial in plan.trials:
+        by_epoch.setdefault(trial.state.epoch, []).append(trial.paths.number)
+    parts = []
+    for epoch, numbers in sorted(by_epoch.items(), reverse=True):
+        who = (f"trial {numbers[0]}" if len(numbers) == 1 else f"trials {', '.join(map(str, numbers))}"
+               if len(numbers) <= 6 else f"{len(numbers)} trials")
+        parts.append(f"{who} from epoch {epoch}" if epoch else f"{who} from the start (no epoch saved)")
+    return f"resuming {' and '.join(parts)}; the run trains to epoch {plan.opt['epochs']}"
+
+
 def interrupted_message(plan: Plan, cmd: Command) -> str:
     # What is on disk, not the trials' progress: Ctrl-C may land while an epoch's checkpoint is being written.
     epochs = sorted({e for e in (saved_epoch(t.paths.checkpoint) for t in plan.trials) if e is not None})
+    # A trial folder this run made and saved no epoch in holds nothing of value: removed, so that no half-made
+    # run is left for the next run to archive or for summaries to list.
+    removed = [f.paths.folder for f in plan.folders if f.made and not f.paths.checkpoint.exists()]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
     if not epochs:
-        return ("interrupted before the first epoch ended: nothing was saved; run the same command again to start "
-                "over")
+        made = f", and the trial folder{'s' if len(removed) > 1 else ''} it made removed" if removed else ""
+        return (f"interrupted before the first epoch ended: nothing was saved{made}; run the same command again to "
+                "start over")
     again = [a for a in cmd.argv if a not in ("--resume", "--replace")] + ["--resume"]
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "main.py"  # as the user named it
     return (f"interrupted; epoch {'/'.join(map(str, epochs))} is saved; continue with: "

@@ -61,13 +61,25 @@ def experiment_folder(opt: dict[str, Any], default_name: str) -> Path:
 
 def make_checkpoint(*, epoch: int, student: dict[str, torch.Tensor], method: dict[str, torch.Tensor],
                     optimizer: dict[str, Any], state: RunState, accuracy: float, opt: dict[str, Any],
-                    rng: dict[str, Any], seed: int, teacher_fingerprint: float | None) -> dict[str, Any]:
+                    rng: dict[str, Any], seed: int, teacher_fingerprint: float | None,
+                    teacher_acc: float | None = None) -> dict[str, Any]:
     """A superset of CRD's layout ({'epoch', 'model', 'best_acc', 'optimizer'}: it loads as a teacher) and of
-    the published CoCoRD one ('s_model_dict', 'best_acc1': the same tensors, saved once)."""
+    the published CoCoRD one ('s_model_dict', 'best_acc1': the same tensors, saved once). The teacher's test
+    accuracy is kept too, so that results.json can be rebuilt from the checkpoint alone."""
     return {"epoch": epoch, "model": student, "s_model_dict": student, "best_acc": state.best_acc,
             "best_acc1": state.best_acc, "best_epoch": state.best_epoch, "accuracy": accuracy,
             "arch": opt["student_model"], "optimizer": optimizer, "method": method, "history": state.history,
-            "rng": rng, "seed": seed, "options": opt, "teacher_fingerprint": teacher_fingerprint}
+            "rng": rng, "seed": seed, "options": opt, "teacher_fingerprint": teacher_fingerprint,
+            "teacher_acc": teacher_acc}
+
+
+def recorded_teacher_acc(paths: TrialPaths, ckpt: dict[str, Any]) -> float | None:
+    """The teacher accuracy a trial's run recorded (its checkpoint's; an older checkpoint's results.json)."""
+    if isinstance(ckpt.get("teacher_acc"), (int, float)):
+        return ckpt["teacher_acc"]
+    old = _read_json(paths.results)
+    value = old.get("teacher_acc") if isinstance(old, dict) else None
+    return value if isinstance(value, (int, float)) else None
 
 
 def results_of(ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -105,21 +117,30 @@ def save_epoch(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -
     _write_results(paths, results_of(ckpt, extra))
 
 
-def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any]) -> list[str]:
-    """Rewrite whatever a stop after the checkpoint left behind it, for a run going on with `opt`; returns the
-    files rewritten."""
-    fixed = []
+def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any]
+           ) -> tuple[list[str], list[str]]:
+    """Rewrite whatever a stop after the checkpoint left behind it, and bring results.json to the run as it goes
+    on with `opt`; returns (the files repaired: they did not agree with the checkpoint, the files written because
+    `opt` ends the run at the checkpoint's epoch)."""
+    fixed, ended = [], []
+    as_saved = json.loads(json.dumps(results_of(ckpt, extra)))  # what the checkpoint's epoch wrote
+    if ckpt["epoch"] == opt["epochs"] != ckpt["options"]["epochs"]:  # the run ends where it stands
+        ckpt = {**ckpt, "options": opt}
+        atomic_save(ckpt, paths.checkpoint)
+        ended.append(paths.checkpoint.name)
     if ckpt["best_epoch"] == ckpt["epoch"] and saved_epoch(paths.best) != ckpt["epoch"]:
         _write_best(paths, ckpt)
         fixed.append(paths.best.name)
     if ckpt["epoch"] == ckpt["options"]["epochs"] and not paths.epoch_file(ckpt["epoch"]).is_file():
         _write_epoch_file(paths, ckpt)
-        fixed.append(paths.epoch_file(ckpt["epoch"]).name)
-    results = results_of(ckpt, extra, opt)
-    if _read_json(paths.results) != json.loads(json.dumps(results)):
-        _write_results(paths, results)
+        (ended if ended else fixed).append(paths.epoch_file(ckpt["epoch"]).name)
+    old = _read_json(paths.results)
+    if not isinstance(old, dict) or any(old.get(k) != v for k, v in as_saved.items() if k not in extra):
         fixed.append(paths.results.name)
-    return fixed
+    results = results_of(ckpt, extra, opt)
+    if old != json.loads(json.dumps(results)):
+        _write_results(paths, results)
+    return fixed, ended
 
 
 def saved_epoch(path: Path) -> int | None:

@@ -63,13 +63,18 @@ def prepare_folder(plan: FolderPlan, say: Any) -> None:
         plan.paths.folder.rename(target)
         say(f"{plan.note}: {target}")
     plan.paths.folder.mkdir(parents=True)
+    plan.made = True
 
 
 def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any],
                      say: Any) -> None:
-    fixed = repair(paths, ckpt, extra, opt)
+    fixed, ended = repair(paths, ckpt, extra, opt)
     if fixed:
-        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint")
+        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the last run stopped before "
+            "writing them)")
+    if ended:
+        say(f"{paths.folder}: the run ends at epoch {ckpt['epoch']}, as epochs={opt['epochs']} asks: wrote "
+            f"{', '.join(ended)}")
 
 
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],

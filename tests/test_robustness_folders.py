@@ -4,6 +4,7 @@ written (or, for a trial of a group, that trial alone stops), never a traceback,
 Every case starts from a copy of one finished group (-t 1-2, 2 epochs of 16 images: one step each), in its own
 experiments_dir; the quick refusals run together in one process (tests/main_batch.py).
 """
+import json
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from helpers import main_env, run_main, tiny_options, write_yaml
 from main_batch import run_batch
 from test_robustness_inputs import one_error_line, snapshot
 from test_robustness_stops import pause_dir, start, stderr_line, wait_for
-from test_train_e2e import COCORD_FOLDER
+from test_train_e2e import COCORD_FOLDER, PUBLISHED_TAGS, scalars
 
 from dataset import make_tiny_cifar
 
@@ -175,3 +176,108 @@ def test_a_run_starting_while_another_makes_its_folders_is_told_it_is_busy(tmp_p
     line = stderr_line(second.stderr)
     assert "trial_2 is being trained by process" in line, line
     assert not (tmp_path / "experiments" / COCORD_FOLDER / "trial_3").exists()
+
+
+def test_a_trial_folder_removed_while_its_group_trains(tmp_path, base):
+    """Issue 21 item 8: trial 2's folder is removed in the middle of the first epoch's saves: trial 2 stops with a
+    line that says so, trial 1 finishes, exit status 1; trial 2's folder is not made again."""
+    shutil.copy(base / "opt.yml", tmp_path / "opt.yml")
+    paused = pause_dir(tmp_path, "saving")
+    proc = start(at("rename:trial_1/model/checkpoint.pth.tmp", "1", f"pause:{paused}", "--", "-opt", "opt.yml",
+                    "-t", "1-2"), tmp_path)
+    wait_for(paused / "here", proc)
+    folder = tmp_path / "experiments" / COCORD_FOLDER
+    shutil.rmtree(folder / "trial_2")
+    (paused / "go").touch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    line = stderr_line(err)
+    assert "1 of 2 trials stopped: trial 2: its folder" in line and "could not be written" in line, line
+    assert "trial 2: its folder" in out and "the other trials go on" in out, out
+    assert not (folder / "trial_2").exists()
+    results = json.loads((folder / "trial_1" / "results.json").read_text())
+    assert results["finished"] and [h["epoch"] for h in results["history"]] == [1, 2]
+
+
+def test_a_group_killed_before_a_trials_first_checkpoint(tmp_path, base):
+    """Issue 21 item 3: killed as trial 2 writes its first checkpoint (its epoch 1 already in TensorBoard): the
+    resume says where each trial goes on from, and trial 2's epochs are in TensorBoard once each. Item 4: a
+    resume with epochs equal to the saved epoch ends the run there, with its ckpt_epoch_N.pth."""
+    shutil.copy(base / "opt.yml", tmp_path / "opt.yml")
+    killed = subprocess.run(at("trial_2/model/checkpoint.pth.tmp", "1", "kill", "--", "-opt", "opt.yml", "-t", "1-2",
+                               "--quiet"), cwd=tmp_path, env=main_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    folder = tmp_path / "experiments" / COCORD_FOLDER
+    assert not (folder / "trial_2" / "model" / "checkpoint.pth").exists()
+    shutil.copytree(folder / "trial_1", tmp_path / "ends" / COCORD_FOLDER / "trial_1")
+
+    resumed, ended = run_batch([
+        ["-opt", "opt.yml", "-t", "1-2", "--resume"],
+        ["-opt", "opt.yml", "-t", "1", "--resume", "--set", "epochs=1", "experiments_dir=ends"]], tmp_path)
+    assert resumed["rc"] == 0 and resumed["stderr"] == "", resumed["stderr"]
+    for t in (1, 2):
+        log = (folder / f"trial_{t}" / "train.log").read_text().splitlines()
+        assert "resuming trial 1 from epoch 1 and trial 2 from the start (no epoch saved); the run trains to epoch 2" \
+            in log, log
+        for tag in PUBLISHED_TAGS:
+            assert [step for step, _ in scalars(folder / f"trial_{t}")[tag]] == [1, 2], (t, tag)
+
+    assert ended["rc"] == 0 and ended["stderr"] == "", ended["stderr"]
+    trial = tmp_path / "ends" / COCORD_FOLDER / "trial_1"
+    results = json.loads((trial / "results.json").read_text())
+    assert results["finished"] and results["epochs"] == results["last_epoch"] == 1
+    final = torch.load(trial / "model" / "ckpt_epoch_1.pth", weights_only=True)
+    ckpt = torch.load(trial / "model" / "checkpoint.pth", weights_only=True)
+    assert final["epoch"] == ckpt["epoch"] == 1 and ckpt["options"]["epochs"] == 1
+    assert "the run ends at epoch 1, as epochs=1 asks" in (trial / "train.log").read_text()
+
+
+def test_every_trial_of_a_group_diverging_says_what_to_do(tmp_path, base):
+    """A learning rate of 1e30 makes both trials' test losses NaN after the first step: no line says the other
+    trials go on; the last line says what to do, and doing it works: the same command with another learning rate
+    runs (the folders hold no finished epoch: archived, no --replace needed), and --resume says there is nothing
+    to resume and why."""
+    shutil.copy(base / "opt.yml", tmp_path / "opt.yml")
+    run = ["-opt", "opt.yml", "-t", "1-2", "--set", "epochs=1"]
+    diverged = subprocess.run([sys.executable, str(ROOT / "main.py"), *run, "learning_rate=1e30"], cwd=tmp_path,
+                              env=main_env(), capture_output=True, text=True, timeout=300)
+    assert diverged.returncode == 1, diverged.stderr
+    line = stderr_line(diverged.stderr)
+    assert line.startswith("error: every trial stopped: trial 1: ") and "trial 2: " in line, line
+    assert "run the command with them" in line and "go on" not in diverged.stdout, (line, diverged.stdout)
+
+    resumed, again = run_batch([[*run, "--resume"], run], tmp_path)
+    assert resumed["rc"] == 2
+    said = one_error_line(resumed)
+    assert "no trial there has a model/checkpoint.pth" in said and "without --resume" in said, said
+    assert again["rc"] == 0, again["stderr"]
+    folder = tmp_path / "experiments" / COCORD_FOLDER
+    assert json.loads((folder / "trial_2" / "results.json").read_text())["finished"]
+    assert len([p for p in folder.iterdir() if p.name.startswith("trial_2_archived_")]) == 1
+
+
+def test_resume_messages_say_what_happened(tmp_path, base):
+    """Issue 23 item 4: a resume of a finished run with another data_folder evaluates nothing and changes
+    nothing (no teacher accuracy, no event file); an ordinary --set epochs resume says where it goes on from and
+    reports no repair; a group's epoch lines say their img/s is per trial; a refused new run shows integers."""
+    folder = copy_of(base, tmp_path)
+    results = {t: (folder / f"trial_{t}" / "results.json").read_bytes() for t in (1, 2)}
+    events = sorted(p.name for p in folder.rglob("events.out.tfevents.*"))
+    finished, refused = run_batch([
+        ["-opt", "opt.yml", "-t", "1-2", "--resume", "--set", f"data_folder={base / 'd16b'}"],
+        ["-opt", "opt.yml", "-t", "1", "--set", "epochs=3"]], tmp_path)
+    assert finished["rc"] == 0, finished["stderr"]
+    log = (folder / "trial_1" / "train.log").read_text()
+    said = log[log.index(f"data_folder='{base / 'd16b'}'"):]
+    assert "test accuracy" not in said and "resuming trials 1, 2 from epoch 2; the run trains to epoch 2" in said, said
+    assert {t: (folder / f"trial_{t}" / "results.json").read_bytes() for t in (1, 2)} == results
+    assert sorted(p.name for p in folder.rglob("events.out.tfevents.*")) == events
+
+    assert refused["rc"] == 2 and "epochs 2 -> 3" in one_error_line(refused), refused["stderr"]
+
+    [longer] = run_batch([["-opt", "opt.yml", "-t", "1-2", "--resume", "--set", "epochs=3"]], tmp_path)
+    assert longer["rc"] == 0, longer["stderr"]
+    said = (folder / "trial_2" / "train.log").read_text().split("epochs=3 (was 2)")[-1]
+    assert "resuming trials 1, 2 from epoch 2; the run trains to epoch 3" in said and "rewrote" not in said, said
+    epoch_lines = [line for line in said.splitlines() if line.startswith("epoch 3/3 trial")]
+    assert len(epoch_lines) == 2 and all(" img/s per trial (" in line for line in epoch_lines), epoch_lines

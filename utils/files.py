@@ -21,8 +21,9 @@ class DiskError(OSError):
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Temporary file, fsync, rename: a stop at any moment leaves the old file whole, and a failed or
-    interrupted write (a full disk, Ctrl-C) leaves no temporary file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    interrupted write (a full disk, Ctrl-C) leaves no temporary file behind. The file's own folder is made if it
+    is missing, not the folders above it: a run whose folder was removed does not make a new, partial one."""
+    path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
