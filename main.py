@@ -4,6 +4,7 @@ Parses the command line and hands over to engine.run. Any problem with the user'
 data, trial folders, resume target) ends with one line on stderr and exit status 2, before anything is written.
 """
 import argparse
+import os
 import re
 import sys
 from typing import NoReturn
@@ -51,6 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    first_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0
     from options.method_keys import method_key_names
     from options.schema import OptionsError, build_options, read_options_file
     notes: list[str] = []  # collected here only, so each is printed once (engine.config passes none)
@@ -58,21 +60,27 @@ def main(argv: list[str]) -> int:
         given = read_options_file(args.opt)
         build_options(given, args.overrides, partial=method_key_names() or True, notes=notes)
     except OptionsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if first_process:  # every torchrun process reads the same file: one says it
+            print(f"error: {err}", file=sys.stderr)
         return 2
     notes = [f"note: {note}" for note in notes]
-    if not args.quiet:
+    if not args.quiet and first_process:
         for note in notes:
             print(note, file=sys.stderr)
     from engine.config import build_options as build_run_options
     from engine.plan import Command
     from engine.run import USER_ERRORS, Interrupted, run
     from engine.trainer import TrainingDiverged
+    from utils.distributed import StoppedElsewhere, settle
     cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv, notes)
     try:
         run(build_run_options(given, args.overrides), cmd)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        settle(err)
+        return 2
+    except StoppedElsewhere as err:  # under torchrun: the process that stopped the run says why
+        settle(err)
         return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,6 +60,7 @@ class Plan:
     teacher: torch.nn.Module | None = None
     teacher_fingerprint: float | None = None
     folder_states: dict[int, Any] = field(default_factory=dict)  # what each trial folder held when planned
+    world: int = 1  # torchrun processes
 
 
 def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> Plan:
@@ -76,8 +77,14 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
     else:  # before anything is made per trial: a typo in a size, or -t 1-65536, is told at once
         _check_method(method_cls, opt, len(cmd.trials), device, world)
         plan = _new_plan(opt, method_cls, cmd)
-    opt, method_cls, plan.device = plan.opt, plan.method_cls, device
+    opt, method_cls, plan.device, plan.world = plan.opt, plan.method_cls, device, world
     for number, ckpt in plan.checkpoints.items():
+        # Each process trains on batch_size images: a run resumed under another number would change its batch.
+        was = ckpt.get("processes")  # None: a checkpoint older than the record
+        if was is not None and was != world:
+            how = "in a single process" if was == 1 else f"under torchrun --nproc_per_node={was}"
+            raise ResumeError(f"cannot resume trial {number} in {_processes(world)}: it trained in {_processes(was)}, "
+                              f"on batches of {was} x {opt['batch_size']} images; resume it {how}")
         if ckpt["epoch"] > opt["epochs"]:
             raise ResumeError(f"cannot resume with epochs={opt['epochs']}: trial {number} has trained {ckpt['epoch']} "
                               f"epochs already, and a resume only goes on; give epochs={ckpt['epoch']} (to end the "
@@ -100,6 +107,10 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
     check_writable_folder(Path(opt["experiments_dir"]), "experiments_dir")
     _check_trial_folders(plan)
     return plan
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def _check_name_lengths(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> None:

@@ -53,22 +53,26 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
     progress = Progress(opt["epochs"], 0, enabled=rank == 0 and not cmd.quiet)
     for note in cmd.notes:  # main.py showed them on stderr already
         progress.log(note)
-    plan = check(opt, cmd, world, progress)
-    train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed,
-                                             len(plan.trials), rank, world, plan.method_cls.min_batch)
+    with distributed.agreed(USER_ERRORS):  # under torchrun, a refusal stops every process, each at once
+        plan = check(opt, cmd, world, progress)
+        train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed,
+                                                 len(plan.trials), rank, world, plan.method_cls.min_batch)
     locks = []
     try:
-        if rank == 0:
-            # The first write: another run of these trials stops here. Only then is what their folders hold judged
-            # (a run that holds the lock may be making them right now), and only by the writing process (another
-            # rank may look only after rank 0 has begun to write, and take its half-made folder for another run).
-            locks = lock_trials(plan.trials)
-            check_unchanged(plan.trials, plan.folder_states)
-            if not plan.checkpoints:
-                plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
+        with distributed.agreed(USER_ERRORS):
+            if rank == 0:
+                # The first write: another run of these trials stops here. Only then is what their folders hold
+                # judged (a run that holds the lock may be making them right now), and only by the writing process
+                # (another rank may look only after rank 0 has begun to write, and take its half-made folder for
+                # another run).
+                locks = lock_trials(plan.trials)
+                check_unchanged(plan.trials, plan.folder_states)
+                if not plan.checkpoints:
+                    plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
         if plan.checkpoints:
             progress.say(resume_line(plan))
-        methods, extra = build(plan, test_batches, world, progress)
+        with distributed.agreed(USER_ERRORS):
+            methods, extra = build(plan, test_batches, world, progress)
         write(plan, cmd, methods[0], extra, rank, progress)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
@@ -123,9 +127,9 @@ def build(plan: Plan, test_batches: Any, world: int, progress: Progress) -> tupl
 
 
 def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], rank: int, progress: Progress) -> None:
-    if rank == 0:
-        _write_files(plan, cmd, method, extra, progress)
-    distributed.barrier()
+    with distributed.agreed(USER_ERRORS):  # the other processes wait for rank 0's files, and stop if it does
+        if rank == 0:
+            _write_files(plan, cmd, method, extra, progress)
     for line in method.describe():
         progress.say(line)
 
@@ -141,7 +145,7 @@ def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, A
                 {"teacher_acc": recorded_teacher_acc(trial.paths, ckpt)}
             complete_resumed(trial.paths, ckpt, {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed},
                              plan.opt, progress.say)
-        record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary)
+        record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
         if trial.state.epoch >= plan.opt["epochs"]:
             continue  # nothing to log: no event file
         from torch.utils.tensorboard import SummaryWriter
@@ -161,7 +165,7 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
                      f"continue, resume with --set epochs=N (N > {opt['epochs']})")
         return
     progress.steps = len(train_batches)
-    run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, rank == 0, world > 1, extra,
+    run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, rank == 0, world, extra,
                          plan.teacher_fingerprint,
                          distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None)
     where = plan.trials[0].paths.folder if len(plan.trials) == 1 else plan.trials[0].paths.folder.parent

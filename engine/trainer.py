@@ -52,7 +52,7 @@ class RunContext:
     progress: Progress
     min_batch: int
     is_main: bool = True
-    distributed: bool = False
+    processes: int = 1  # under torchrun, how many train the run together
     extra: dict[str, Any] = field(default_factory=dict)  # written into every results.json (teacher_acc, ...)
     teacher_fingerprint: float | None = None
     reduce_eval: Callable[[torch.Tensor], None] | None = None
@@ -97,7 +97,7 @@ class Trainer:
             steps += 1
             progress.step()
             # Under torchrun only the epoch end reads (reduced) statistics: a rank stopping alone would hang.
-            if steps % opt["print_freq"] == 0 and not self.run.distributed:
+            if steps % opt["print_freq"] == 0 and self.run.processes == 1:
                 stats = group.meter.read()
                 progress.update(stats[0])
                 self._check_running(group, stats, epoch)
@@ -201,7 +201,7 @@ class Trainer:
         ckpt = make_checkpoint(epoch=epoch, student=group.replicas.student_state(k), method=method_state,
                                optimizer=optimizer_state, state=state, accuracy=val["top1"], opt=self.run.opt,
                                rng=trial.rng.state, seed=trial.seed, teacher_fingerprint=self.run.teacher_fingerprint,
-                               teacher_acc=self.run.extra.get("teacher_acc"))
+                               teacher_acc=self.run.extra.get("teacher_acc"), processes=self.run.processes)
         try:
             if not trial.paths.folder.is_dir():  # removed while it trained: a save would make a new, partial one
                 raise FileNotFoundError(errno.ENOENT, "removed while the trial trained")

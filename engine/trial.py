@@ -62,15 +62,16 @@ def experiment_folder(opt: dict[str, Any], default_name: str) -> Path:
 def make_checkpoint(*, epoch: int, student: dict[str, torch.Tensor], method: dict[str, torch.Tensor],
                     optimizer: dict[str, Any], state: RunState, accuracy: float, opt: dict[str, Any],
                     rng: dict[str, Any], seed: int, teacher_fingerprint: float | None,
-                    teacher_acc: float | None = None) -> dict[str, Any]:
+                    teacher_acc: float | None = None, processes: int = 1) -> dict[str, Any]:
     """A superset of CRD's layout ({'epoch', 'model', 'best_acc', 'optimizer'}: it loads as a teacher) and of
     the published CoCoRD one ('s_model_dict', 'best_acc1': the same tensors, saved once). The teacher's test
-    accuracy is kept too, so that results.json can be rebuilt from the checkpoint alone."""
+    accuracy is kept too, so that results.json can be rebuilt from the checkpoint alone, and the number of
+    torchrun processes, which multiplies the batch."""
     return {"epoch": epoch, "model": student, "s_model_dict": student, "best_acc": state.best_acc,
             "best_acc1": state.best_acc, "best_epoch": state.best_epoch, "accuracy": accuracy,
             "arch": opt["student_model"], "optimizer": optimizer, "method": method, "history": state.history,
             "rng": rng, "seed": seed, "options": opt, "teacher_fingerprint": teacher_fingerprint,
-            "teacher_acc": teacher_acc}
+            "teacher_acc": teacher_acc, "processes": processes}
 
 
 def recorded_teacher_acc(paths: TrialPaths, ckpt: dict[str, Any]) -> float | None:

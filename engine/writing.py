@@ -78,7 +78,7 @@ def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, A
 
 
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],
-               seed: int, summary: str) -> None:
+               seed: int, summary: str, processes: int = 1) -> None:
     """options.yml (the options as they run, speed settings as they apply here), run.json (one entry per start or
     resume: command, code, libraries, machine) and the network summary."""
     atomic_write_text(paths.options, options_text(opt))
@@ -88,7 +88,7 @@ def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: 
             sessions = json.loads(paths.provenance.read_text()).get("sessions", [])
         except (OSError, ValueError, AttributeError):
             sessions = []
-    sessions.append(session(argv, device, speed, seed))
+    sessions.append(session(argv, device, speed, seed, processes))
     atomic_write_text(paths.provenance, json.dumps({"sessions": sessions}, indent=1))
     paths.summary.write_text(summary)
 
