@@ -1,5 +1,6 @@
 """CoCoRD under torchrun on the CPU (gloo): identical ranks, a queue filled in rank order."""
 import json
+import re
 import subprocess
 import sys
 
@@ -103,7 +104,10 @@ def test_a_refusal_stops_every_process_and_a_resume_keeps_the_process_count(tmp_
         assert refused.returncode != 0
         said = our_errors(refused.stderr)
         assert len(said) == 1 and words in said[0], refused.stderr[-3000:]
-        assert refused.stderr.count("exitcode  : 2 ") == 2, refused.stderr[-3000:]  # both processes, cleanly
+        # Both stop cleanly: exit status 2 (torchrun may end the later one with SIGTERM as the first exits, once
+        # rank 0 has spoken), never 1, a traceback.
+        codes = re.findall(r"exitcode  : (-?\d+)", refused.stderr)
+        assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, refused.stderr[-3000:]
         assert "gloo" not in refused.stderr and "Connection closed" not in refused.stderr, refused.stderr[-3000:]
 
     alone = subprocess.run([sys.executable, *main, "--resume", "--set", "epochs=2"], cwd=tmp_path,
