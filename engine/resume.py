@@ -87,6 +87,7 @@ class FolderPlan:
     archive: bool = False
     note: str = ""
     made: bool = False  # this run has made the folder
+    archived_to: Path | None = None  # where this run moved the old run
 
 
 def plan_folder(paths: TrialPaths, opt: dict[str, Any], replace: bool) -> FolderPlan:

@@ -19,7 +19,7 @@ from engine.evaluation import evaluate
 from engine.group import group_builder
 from engine.machine import quiet_library_warnings
 from engine.plan import Command, Plan, check
-from engine.resume import plan_folder
+from engine.resume import FolderPlan, plan_folder
 from engine.teacher import check_teacher_outputs
 from engine.trainer import RunContext, Trainer
 from engine.trial import ResumeError, recorded_teacher_acc, saved_epoch
@@ -78,7 +78,9 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
     except KeyboardInterrupt:
         progress.close()
         close_writers(plan)
-        message = interrupted_message(plan, cmd)
+        undone = undo_unsaved_folders(plan)
+        progress.logs = [p for p in progress.logs if p not in {f.paths.log for f in undone}]
+        message = interrupted_message(plan, cmd, undone)
         progress.log(message)
         raise Interrupted(message) from None
     finally:
@@ -197,16 +199,27 @@ def resume_line(plan: Plan) -> str:
     return f"resuming {' and '.join(parts)}; the run trains to epoch {plan.opt['epochs']}"
 
 
-def interrupted_message(plan: Plan, cmd: Command) -> str:
-    # What is on disk, not the trials' progress: Ctrl-C may land while an epoch's checkpoint is being written.
-    epochs = sorted({e for e in (saved_epoch(t.paths.checkpoint) for t in plan.trials) if e is not None})
-    # A trial folder this run made and saved no epoch in holds nothing of value: removed, so that no half-made
-    # run is left for the next run to archive or for summaries to list.
-    removed = [f.paths.folder for f in plan.folders if f.made and not f.paths.checkpoint.exists()]
+def undo_unsaved_folders(plan: Plan) -> list[FolderPlan]:
+    """The trial folders this run made and saved no epoch in hold nothing of value: removed, and the run each had
+    archived put back, so that no half-made run is left for the next run to archive or for summaries to list."""
+    removed = [f for f in plan.folders if f.made and not f.paths.checkpoint.exists()]
     for folder in removed:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder.paths.folder, ignore_errors=True)
+        if folder.archived_to is not None and not folder.paths.folder.exists():
+            folder.archived_to.rename(folder.paths.folder)
+    return removed
+
+
+def interrupted_message(plan: Plan, cmd: Command, removed: list[FolderPlan]) -> str:
+    # What is on disk, not the trials' progress: Ctrl-C may land while an epoch's checkpoint is being written.
+    # (A folder put back holds the old run's epochs, not this run's.)
+    gone = {f.paths.folder for f in removed}
+    epochs = sorted({e for e in (saved_epoch(t.paths.checkpoint) for t in plan.trials if t.paths.folder not in gone)
+                     if e is not None})
     if not epochs:
         made = f", and the trial folder{'s' if len(removed) > 1 else ''} it made removed" if removed else ""
+        if any(f.archived_to is not None for f in removed):
+            made += " (the run it had archived is back in its place)"
         return (f"interrupted before the first epoch ended: nothing was saved{made}; run the same command again to "
                 "start over")
     again = [a for a in cmd.argv if a not in ("--resume", "--replace")] + ["--resume"]

@@ -61,6 +61,7 @@ def prepare_folder(plan: FolderPlan, say: Any) -> None:
     if plan.archive:
         target = archive_name(plan.paths.folder, time.strftime("%y%m%d-%H%M%S"))
         plan.paths.folder.rename(target)
+        plan.archived_to = target
         say(f"{plan.note}: {target}")
     plan.paths.folder.mkdir(parents=True)
     plan.made = True

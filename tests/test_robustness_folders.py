@@ -6,6 +6,7 @@ experiments_dir; the quick refusals run together in one process (tests/main_batc
 """
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -281,3 +282,23 @@ def test_resume_messages_say_what_happened(tmp_path, base):
     assert "resuming trials 1, 2 from epoch 2; the run trains to epoch 3" in said and "rewrote" not in said, said
     epoch_lines = [line for line in said.splitlines() if line.startswith("epoch 3/3 trial")]
     assert len(epoch_lines) == 2 and all(" img/s per trial (" in line for line in epoch_lines), epoch_lines
+
+
+def test_ctrl_c_before_the_first_epoch_puts_the_archived_run_back(tmp_path, base):
+    """Issue 23 item 4: a new run archives the finished run of the same settings, then Ctrl-C comes before its
+    first epoch is saved: the folder it made is removed and the old run is back in its place, as it was."""
+    folder = copy_of(base, tmp_path)
+    before = snapshot(folder / "trial_1")
+    paused = pause_dir(tmp_path, "saving")
+    proc = start(at("rename:trial_1/model/checkpoint.pth.tmp", "1", f"pause:{paused}", "--", "-opt", "opt.yml",
+                    "-t", "1"), tmp_path)
+    wait_for(paused / "here", proc)
+    assert [p.name.startswith("trial_1_archived_") for p in folder.iterdir() if p.name.startswith("trial_1")] \
+        .count(True) == 1
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    line = stderr_line(err)
+    assert "nothing was saved" in line and "the run it had archived is back in its place" in line, line
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["trial_1", "trial_2"]
+    assert snapshot(folder / "trial_1") == before
