@@ -4,29 +4,38 @@ Parses the command line and hands over to engine.run. Any problem with the user'
 data, trial folders, resume target) ends with one line on stderr and exit status 2, before anything is written.
 """
 import argparse
+import os
+import re
 import sys
+from typing import NoReturn
+
+_TRIAL_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # ASCII digits only: int() would also take "１", "+1", "1_0"
 
 
 def parse_trials(text: str) -> list[int]:
     """`3`, `1-5` or `1,2,4` -> trial numbers, each at least 1."""
     numbers: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.partition("-")
-            lo, hi = int(first), int(last or first)
-            if not 1 <= lo <= hi <= 2**16:
-                raise ValueError(part)
-            numbers += range(lo, hi + 1)
-    except ValueError:
-        numbers = []
+    for part in text.split(","):
+        match = _TRIAL_RANGE.fullmatch(part)
+        lo, hi = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+        if not 1 <= lo <= hi <= 2**16:
+            numbers = []
+            break
+        numbers += range(lo, hi + 1)
     if not numbers or len(set(numbers)) != len(numbers):
         raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a trial list: give a number (3), a range (1-5) or a "
-                                         "list (1,2,4) of distinct trials from 1 to 65536")
+                                         "list (1,2,4) of distinct trials from 1 to 65536, in plain digits")
     return sorted(numbers)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A bad command line is bad input like any other: one line, exit status 2."""
+        self.exit(2, f"error: {message} (python main.py -h lists the arguments)\n")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="CoCoRD distillation (and plain training) on CIFAR-100.")
+    parser = _OneLineParser(description="CoCoRD distillation (and plain training) on CIFAR-100.")
     parser.add_argument("-opt", required=True, metavar="FILE", help="YAML options file, e.g. options/train_student.yml")
     parser.add_argument("-t", "--trial", "-trial", dest="trials", type=parse_trials, default=[1], metavar="TRIALS",
                         help="trial number(s): 1, a range 1-5 or a list 1,3; several train together on one device, "
@@ -43,6 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    first_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0
     from options.method_keys import method_key_names
     from options.schema import OptionsError, build_options, read_options_file
     notes: list[str] = []  # collected here only, so each is printed once
@@ -52,21 +62,27 @@ def main(argv: list[str]) -> int:
         common = build_options(read_options_file(args.opt), args.overrides, partial=method_key_names() or True,
                                notes=notes, deferred=deferred, replaced=replaced)
     except OptionsError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if first_process:  # every torchrun process reads the same file: one says it
+            print(f"error: {err}", file=sys.stderr)
         return 2
     notes = [f"note: {note}" for note in notes]
-    if not args.quiet:
+    if not args.quiet and first_process:
         for note in notes:
             print(note, file=sys.stderr)
     from engine.config import complete_options
     from engine.plan import Command
     from engine.run import USER_ERRORS, Interrupted, run
     from engine.trainer import TrainingDiverged
+    from utils.distributed import StoppedElsewhere, settle
     cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv, notes, replaced)
     try:
         run(complete_options(common, deferred), cmd)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        settle(err)
+        return 2
+    except StoppedElsewhere as err:  # under torchrun: the process that stopped the run says why
+        settle(err)
         return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)

@@ -66,6 +66,7 @@ def train(speed: Speed, folder: Path, pair: str, trials: int, device: torch.devi
     run_trials = []
     for k, method in enumerate(methods):
         trial = Trial(TrialPaths(folder / f"trial_{k + 1}"), seed + k, TrialRNG(seed + k))
+        trial.paths.folder.mkdir(parents=True)  # made before training, as a run makes it (the trainer saves into it)
         trial.saved = (method.checkpoint_state(), None)
         run_trials.append(trial)
     batches = TrainBatches(loaders, arrays.train_labels)

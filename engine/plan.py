@@ -15,13 +15,23 @@ from engine.resume import FolderPlan, kept_overrides, resume_options
 from engine.step import Speed
 from engine.teacher import fingerprint, load_checked_teacher, resolve_teacher_model
 from engine.trainer import Trial
-from engine.trial import ResumeError, RunState, TrialPaths, experiment_folder, load_checkpoint, resume_target
+from engine.trial import (
+    ResumeError,
+    RunState,
+    TrialPaths,
+    check_resumable_files,
+    experiment_folder,
+    load_checkpoint,
+    missing_run_message,
+    resume_target,
+    trained_evidence,
+)
 from engine.writing import folder_state
 from models import model_dict, unknown_model_message
 from options.schema import COMMON, OptionsError, merge_schemas
 from options.settings import fields, flatten, unflatten
 from utils import distributed
-from utils.files import check_writable_folder
+from utils.files import check_name_lengths, check_writable_folder
 from utils.progress import Progress
 from utils.rng import TrialRNG
 
@@ -52,27 +62,35 @@ class Plan:
     teacher: torch.nn.Module | None = None
     teacher_fingerprint: float | None = None
     folder_states: dict[int, Any] = field(default_factory=dict)  # what each trial folder held when planned
+    world: int = 1  # torchrun processes
 
 
 def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> Plan:
     if len(cmd.trials) > 1 and world > 1:
         raise OptionsError("several trials train together in one process; under torchrun give one trial (-t N)")
     method_cls = method_class(opt["distill"])
+    _check_name_lengths(opt, method_cls, cmd)
     if method_cls.needs_teacher:
         opt = resolve_teacher_model(opt)
+    device = select_device(opt, progress.say)  # `gpu` is the command's on a resume too
     if cmd.resume or opt["path"]["resume"]:
         plan = _resume_plan(opt, cmd, progress)
-    else:
+        _check_method(plan.method_cls, plan.opt, len(plan.trials), device, world)
+    else:  # before anything is made per trial: a typo in a size, or -t 1-65536, is told at once
+        _check_method(method_cls, opt, len(cmd.trials), device, world)
         plan = _new_plan(opt, method_cls, cmd)
-    opt, method_cls = plan.opt, plan.method_cls
-    method_cls.check_options(opt, world)
-    if opt["batch_size"] < method_cls.min_batch:
-        raise OptionsError(f"batch_size {opt['batch_size']} is too small for distill: {opt['distill']}, which trains "
-                           f"on batches of {method_cls.min_batch} or more; raise batch_size")
-    for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
-        if opt[key] not in model_dict:
-            raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")
-    plan.device = select_device(opt, progress.say)
+    opt, method_cls, plan.device, plan.world = plan.opt, plan.method_cls, device, world
+    for number, ckpt in plan.checkpoints.items():
+        # Each process trains on batch_size images: a run resumed under another number would change its batch.
+        was = ckpt.get("processes")  # None: a checkpoint older than the record
+        if was is not None and was != world:
+            how = "in a single process" if was == 1 else f"under torchrun --nproc_per_node={was}"
+            raise ResumeError(f"cannot resume trial {number} in {_processes(world)}: it trained in {_processes(was)}, "
+                              f"on batches of {was} x {opt['batch_size']} images; resume it {how}")
+        if ckpt["epoch"] > opt["epochs"]:
+            raise ResumeError(f"cannot resume with epochs={opt['epochs']}: trial {number} has trained {ckpt['epoch']} "
+                              f"epochs already, and a resume only goes on; give epochs={ckpt['epoch']} (to end the "
+                              "run where it stands) or more")
     set_cudnn(opt["seed"], plan.device)
     if opt["sync_bn"] and plan.device.type != "cuda":
         raise OptionsError("sync_bn needs CUDA GPUs (SyncBatchNorm); set sync_bn: false to train on the CPU")
@@ -88,10 +106,48 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
     if method_cls.needs_teacher:
         plan.teacher = load_checked_teacher(opt)
         _check_same_teacher(plan)
-    check_memory(method_cls, opt, opt["teacher_model"] if method_cls.needs_teacher else None, len(plan.trials),
-                 plan.device)
     check_writable_folder(Path(opt["experiments_dir"]), "experiments_dir")
+    _check_trial_folders(plan)
     return plan
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def _check_name_lengths(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> None:
+    """The trial folders' names fit the file system (checked first: a name too long fails even a look at it)."""
+    if opt["path"]["resume"]:
+        check_name_lengths(Path(opt["path"]["resume"]), "path.resume", "give the path of an existing trial folder")
+        return
+    trial = experiment_folder(opt, method_cls.folder_name(opt)) / f"trial_{max(cmd.trials)}_archived_000000-000000"
+    check_name_lengths(trial, "experiment folder", "choose a shorter experiment_name (or experiments_dir)", room=100)
+
+
+def _check_method(method_cls: type[Distiller], opt: dict[str, Any], trials: int, device: torch.device,
+                  world: int) -> None:
+    """The method's options, its models, and whether `trials` of it fit on `device` (nothing is built)."""
+    method_cls.check_options(opt, world)
+    if opt["batch_size"] < method_cls.min_batch:
+        raise OptionsError(f"batch_size {opt['batch_size']} is too small for distill: {opt['distill']}, which trains "
+                           f"on batches of {method_cls.min_batch} or more; raise batch_size")
+    for key in ("student_model",) + (("teacher_model",) if method_cls.needs_teacher else ()):
+        if opt[key] not in model_dict:
+            raise OptionsError(f"option '{key}': {unknown_model_message(opt[key])}")
+    check_memory(method_cls, opt, opt["teacher_model"] if method_cls.needs_teacher else None, trials, device)
+
+
+def _check_trial_folders(plan: Plan) -> None:
+    """Every folder the run will write in can be written: the experiment folder (lock files, new trials, archives),
+    each trial folder, and a resumed trial's model folder."""
+    check_writable_folder(plan.trials[0].paths.folder.parent, "experiment folder",
+                          "make it writable, or give this run another experiments_dir or experiment_name")
+    for trial in plan.trials:
+        folders = (trial.paths.folder, trial.paths.model_dir) if plan.checkpoints else (trial.paths.folder,)
+        for folder in folders:
+            check_writable_folder(folder, "trial folder", "move it away, or fix its permissions")
+        if plan.checkpoints and trial.paths.folder.is_dir():
+            check_resumable_files(trial.paths, plan.opt["epochs"])
 
 
 def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> Plan:
@@ -137,8 +193,13 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
                           f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
                           "the run was trained with); to train with a new value, start a new run without --resume")
     if not checkpoints:
-        raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
-                          " (an interrupted first epoch saves nothing); run the command without --resume")
+        raise ResumeError(missing_run_message(targets[0]) if len(targets) == 1 else
+                          f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no trial there has a "
+                          "model/checkpoint.pth; run the command without --resume to start them")
+    for paths in targets:  # a trial of the group without a checkpoint starts again, unless it has trained
+        if paths.number not in checkpoints and paths.folder.exists() and \
+                (not paths.folder.is_dir() or paths.checkpoint.exists() or trained_evidence(paths)):
+            raise ResumeError(missing_run_message(paths))
     method_cls = method_class(next(iter(checkpoints.values()))["options"]["distill"])
     schema = merge_schemas(COMMON, method_cls.options)
     resumed = {n: resume_options(ckpt["options"], opt, cmd.overrides, schema) for n, ckpt in checkpoints.items()}

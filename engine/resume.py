@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.trial import ResumeError, TrialPaths, saved_epoch
+from engine.trial import ResumeError, TrialPaths, saved_epoch, trained_evidence
 from options.schema import Field, OptionsError, parse_overrides
 from options.settings import fields, flatten, result_settings, unflatten
 from utils.trialfiles import TrialFileRefused, read_trial_options
@@ -64,30 +64,36 @@ class FolderPlan:
     paths: TrialPaths
     archive: bool = False
     note: str = ""
+    made: bool = False  # this run has made the folder
+    archived_to: Path | None = None  # where this run moved the old run
 
 
 def plan_folder(paths: TrialPaths, opt: dict[str, Any], replace: bool) -> FolderPlan:
-    """A trial folder that exists already is archived (renamed) only if it holds a run with the same settings
-    or the user passed --replace; otherwise the new run is refused before anything is written."""
+    """A trial folder that exists already is archived (renamed) only if it holds a run with the same settings, a
+    run of ours that never finished an epoch (nothing to lose, and nothing to resume), or the user passed
+    --replace; otherwise the new run is refused before anything is written."""
     if not paths.folder.exists():
         return FolderPlan(paths)
     if not paths.folder.is_dir():
         raise OptionsError(f"{paths.folder} is a file, not a trial folder; move it away or choose another -t")
     old = _read_options(paths.options)
     what = _describe_existing(paths)
-    if replace or (old is not None and result_settings(old) == result_settings(opt)):
+    unfinished = old is not None and not paths.checkpoint.exists() and not trained_evidence(paths)
+    if replace or unfinished or (old is not None and result_settings(old) == result_settings(opt)):
         return FolderPlan(paths, archive=True, note=f"{paths.folder} holds {what}: archived (renamed) before this "
                                                      "run starts")
     if old is None:
         differs = "files this project did not write"
     else:
         a, b = result_settings(old), result_settings(opt)
+        given, new = flatten(old), flatten(opt)  # shown as written (normalised, 4 would read 4.0)
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        differs = "other settings: " + ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:4]) + \
+        differs = "other settings: " + ", ".join(f"{k} {given.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) + \
             (", ..." if len(keys) > 4 else "")
+    go_on = "; to continue it, use --resume" if paths.checkpoint.is_file() else ""
     raise OptionsError(f"{paths.folder} holds {what} with {differs}; give this run its own folder with "
                        "--set experiment_name=NAME (or another -t), or pass --replace to archive that run (renamed, "
-                       "not deleted); to continue it, use --resume")
+                       f"not deleted){go_on}")
 
 
 def _read_options(path: Path) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ the trial folders, a resume target) runs before anything is written or an old ru
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from typing import Any
 
@@ -18,10 +19,10 @@ from engine.evaluation import evaluate
 from engine.group import group_builder
 from engine.machine import quiet_library_warnings
 from engine.plan import Command, Plan, check
-from engine.resume import plan_folder
+from engine.resume import FolderPlan, plan_folder
 from engine.teacher import check_teacher_outputs
 from engine.trainer import RunContext, Trainer, TrainingDiverged
-from engine.trial import ResumeError, saved_epoch
+from engine.trial import ResumeError, recorded_teacher_acc, saved_epoch
 from engine.writing import (
     FolderBusy,
     check_unchanged,
@@ -52,29 +53,47 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
     progress = Progress(opt["epochs"], 0, enabled=rank == 0 and not cmd.quiet)
     for note in cmd.notes:  # main.py showed them on stderr already
         progress.log(note)
-    plan = check(opt, cmd, world, progress)
-    train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed,
-                                             len(plan.trials), rank, world, plan.method_cls.min_batch)
-    # The last check, what the trial folders hold now, is the writing process's alone: another rank may look only
-    # after rank 0 has begun to write them, and would take its half-made folder for someone else's run.
-    if not plan.checkpoints and rank == 0:
-        plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
-    methods, extra = build(plan, train_batches.train_labels, test_batches, world, progress)
-    locks = lock_trials(plan.trials) if rank == 0 else []  # the first write: another run of these trials stops here
+    with distributed.agreed(USER_ERRORS):  # under torchrun, a refusal stops every process, each at once
+        plan = check(opt, cmd, world, progress)
+        train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed,
+                                                 len(plan.trials), rank, world, plan.method_cls.min_batch)
+    locks = []
     try:
-        if rank == 0:
-            check_unchanged(plan.trials, plan.folder_states)
+        with distributed.agreed(USER_ERRORS):
+            if rank == 0:
+                # The first write: another run of these trials stops here. Only then is what their folders hold
+                # judged (a run that holds the lock may be making them right now), and only by the writing process
+                # (another rank may look only after rank 0 has begun to write, and take its half-made folder for
+                # another run).
+                locks = lock_trials(plan.trials)
+                check_unchanged(plan.trials, plan.folder_states)
+                if not plan.checkpoints:
+                    plan.folders = [plan_folder(t.paths, plan.opt, cmd.replace) for t in plan.trials]
+        if plan.checkpoints:
+            progress.say(resume_line(plan))
+        with distributed.agreed(USER_ERRORS):
+            methods, extra = build(plan, train_batches.train_labels, test_batches, world, progress)
         write(plan, cmd, methods[0], extra, rank, progress)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
         progress.close()
-        raise Interrupted(interrupted_message(plan, cmd)) from None
+        close_writers(plan)
+        undone = undo_unsaved_folders(plan)
+        progress.logs = [p for p in progress.logs if p not in {f.paths.log for f in undone}]
+        message = interrupted_message(plan, cmd, undone)
+        progress.log(message)
+        raise Interrupted(message) from None
     finally:
-        for trial in plan.trials:
-            if trial.writer is not None:
-                trial.writer.close()
+        close_writers(plan)
         for lock in locks:
             lock.release()
+
+
+def close_writers(plan: Plan) -> None:
+    for trial in plan.trials:
+        if trial.writer is not None:
+            trial.writer.close()
+            trial.writer = None
 
 
 def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int, progress: Progress
@@ -98,7 +117,11 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
         trial.saved = (method.checkpoint_state(), None if ckpt is None else ckpt["optimizer"])
         methods.append(method)
     extra: dict[str, Any] = {}
-    if plan.teacher is not None:
+    # A resume with nothing left to train keeps the teacher accuracy its run recorded: evaluated again (perhaps on
+    # other data), it would change the result of a finished run.
+    recorded = [recorded_teacher_acc(t.paths, ckpt) for t in plan.trials
+                if (ckpt := plan.checkpoints.get(t.paths.number)) is not None]
+    if plan.teacher is not None and (_epochs_left(plan) or None in recorded):
         reduce = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
         test = evaluate(plan.teacher, test_batches, reduce)
         check_teacher_outputs(opt, test)
@@ -108,23 +131,33 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
 
 
 def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], rank: int, progress: Progress) -> None:
-    if rank == 0:
-        for folder in plan.folders:
-            prepare_folder(folder, progress.say)
-        summary = network_summary(method)
-        for trial in plan.trials:
-            ckpt = plan.checkpoints.get(trial.paths.number)
-            if ckpt is not None:
-                complete_resumed(trial.paths, ckpt, {**extra, "trial": trial.paths.number, "seed": trial.seed},
-                                 plan.opt, progress.say)
-            record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary)
-            from torch.utils.tensorboard import SummaryWriter
-            trial.writer = SummaryWriter(str(trial.paths.folder),
-                                         purge_step=trial.state.epoch + 1 if ckpt is not None else None)
-        progress.log_to([t.paths.log for t in plan.trials])
-    distributed.barrier()
+    with distributed.agreed(USER_ERRORS):  # the other processes wait for rank 0's files, and stop if it does
+        if rank == 0:
+            _write_files(plan, cmd, method, extra, progress)
     for line in method.describe():
         progress.say(line)
+
+
+def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], progress: Progress) -> None:
+    for folder in plan.folders:
+        prepare_folder(folder, progress.say)
+    summary = network_summary(method)
+    for trial in plan.trials:
+        ckpt = plan.checkpoints.get(trial.paths.number)
+        if ckpt is not None:
+            kept = {} if "teacher_acc" in extra or plan.teacher is None else \
+                {"teacher_acc": recorded_teacher_acc(trial.paths, ckpt)}
+            complete_resumed(trial.paths, ckpt, {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed},
+                             plan.opt, progress.say)
+        record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
+        if trial.state.epoch >= plan.opt["epochs"]:
+            continue  # nothing to log: no event file
+        from torch.utils.tensorboard import SummaryWriter
+        # In a resume, every trial's events past its checkpoint are dropped: also a trial of the group that
+        # starts again, whose first epoch may have been logged before the kill that lost its checkpoint.
+        trial.writer = SummaryWriter(str(trial.paths.folder),
+                                     purge_step=trial.state.epoch + 1 if plan.checkpoints else None)
+    progress.log_to([t.paths.log for t in plan.trials])
 
 
 def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: Any, methods: list[Distiller],
@@ -132,12 +165,12 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
     opt, device = plan.opt, plan.device
     left = [t for t in plan.trials if t.state.epoch < opt["epochs"]]
     if not left:
-        progress.say(f"{plural(len(plan.trials), 'trial')} already trained all {opt['epochs']} epochs; to continue, "
-                     "resume with --set epochs=N")
+        progress.say(f"{plural(len(plan.trials), 'trial')} already trained all {plural(opt['epochs'], 'epoch')}; to "
+                     f"continue, resume with --set epochs=N (N > {opt['epochs']})")
         return
     progress.steps = len(train_batches)
     run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, plan.method_cls.needs_index, len(plan.trials) > 1,
-                         rank == 0, world > 1, extra, plan.teacher_fingerprint,
+                         rank == 0, world, extra, plan.teacher_fingerprint,
                          distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None)
     where = plan.trials[0].paths.folder if len(plan.trials) == 1 else plan.trials[0].paths.folder.parent
     progress.say(f"training {opt['student_model']} ({opt['distill']}, {plural(len(left), 'trial')}) on {device} "
@@ -174,12 +207,46 @@ def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], 
         raise TrainingDiverged(f"{len(stopped)} of {len(plan.trials)} trials stopped: " + "; ".join(stopped))
 
 
-def interrupted_message(plan: Plan, cmd: Command) -> str:
+def _epochs_left(plan: Plan) -> bool:
+    return any(t.state.epoch < plan.opt["epochs"] for t in plan.trials)
+
+
+def resume_line(plan: Plan) -> str:
+    """Where each trial of a resume goes on from, e.g. `resuming trial 3 from epoch 2; the run trains to epoch 4`."""
+    by_epoch: dict[int, list[int]] = {}
+    for trial in plan.trials:
+        by_epoch.setdefault(trial.state.epoch, []).append(trial.paths.number)
+    parts = []
+    for epoch, numbers in sorted(by_epoch.items(), reverse=True):
+        who = (f"trial {numbers[0]}" if len(numbers) == 1 else f"trials {', '.join(map(str, numbers))}"
+               if len(numbers) <= 6 else f"{len(numbers)} trials")
+        parts.append(f"{who} from epoch {epoch}" if epoch else f"{who} from the start (no epoch saved)")
+    return f"resuming {' and '.join(parts)}; the run trains to epoch {plan.opt['epochs']}"
+
+
+def undo_unsaved_folders(plan: Plan) -> list[FolderPlan]:
+    """The trial folders this run made and saved no epoch in hold nothing of value: removed, and the run each had
+    archived put back, so that no half-made run is left for the next run to archive or for summaries to list."""
+    removed = [f for f in plan.folders if f.made and not f.paths.checkpoint.exists()]
+    for folder in removed:
+        shutil.rmtree(folder.paths.folder, ignore_errors=True)
+        if folder.archived_to is not None and not folder.paths.folder.exists():
+            folder.archived_to.rename(folder.paths.folder)
+    return removed
+
+
+def interrupted_message(plan: Plan, cmd: Command, removed: list[FolderPlan]) -> str:
     # What is on disk, not the trials' progress: Ctrl-C may land while an epoch's checkpoint is being written.
-    epochs = sorted({e for e in (saved_epoch(t.paths.checkpoint) for t in plan.trials) if e is not None})
+    # (A folder put back holds the old run's epochs, not this run's.)
+    gone = {f.paths.folder for f in removed}
+    epochs = sorted({e for e in (saved_epoch(t.paths.checkpoint) for t in plan.trials if t.paths.folder not in gone)
+                     if e is not None})
     if not epochs:
-        return ("interrupted before the first epoch ended: nothing was saved; run the same command again to start "
-                "over")
+        made = f", and the trial folder{'s' if len(removed) > 1 else ''} it made removed" if removed else ""
+        if any(f.archived_to is not None for f in removed):
+            made += " (the run it had archived is back in its place)"
+        return (f"interrupted before the first epoch ended: nothing was saved{made}; run the same command again to "
+                "start over")
     again = [a for a in cmd.argv if a not in ("--resume", "--replace")] + ["--resume"]
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "main.py"  # as the user named it
     return (f"interrupted; epoch {'/'.join(map(str, epochs))} is saved; continue with: "

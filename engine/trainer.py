@@ -6,6 +6,7 @@ Trials that need the same epoch train together as one group. A trial whose loss 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from engine.evaluation import evaluate_trials
 from engine.group import Group
 from engine.step import InitStep, lr_at
 from engine.trial import RunState, TrialPaths, make_checkpoint, save_epoch
+from utils.files import DiskError
 from utils.progress import Progress
 from utils.rng import TrialRNG
 
@@ -53,7 +55,7 @@ class RunContext:
     pass_index: bool = False  # the method takes each sample's training-set index
     several: bool = False  # the run trains several trials (its lines name them)
     is_main: bool = True
-    distributed: bool = False
+    processes: int = 1  # under torchrun, how many train the run together
     extra: dict[str, Any] = field(default_factory=dict)  # written into every results.json (teacher_acc, ...)
     teacher_fingerprint: float | None = None
     reduce_eval: Callable[[torch.Tensor], None] | None = None
@@ -79,10 +81,9 @@ class Trainer:
                 if epoch == 1:
                     self.init_stage(self.group)
             self.train_epoch(self.group, epoch)
-        failed = [t.diverged for t in self.trials if t.diverged]
+        failed = [t for t in self.trials if t.diverged]
         if failed:
-            raise TrainingDiverged(failed[0] if len(self.trials) == 1 else
-                                   f"{len(failed)} of {len(self.trials)} trials stopped: " + "; ".join(failed))
+            raise TrainingDiverged(self._stopped_message(failed))
 
     def init_stage(self, group: Group) -> None:
         """A method's init stage (RepDistiller's two-stage methods: a method with one trains its trials one by
@@ -92,7 +93,7 @@ class Trainer:
         epochs = 0 if method is None else type(method).init_epochs(self.run.opt)
         if not epochs:
             return
-        step = InitStep(method, self.run.opt, self.run.distributed, group.meter.device)
+        step = InitStep(method, self.run.opt, self.run.processes > 1, group.meter.device)
         for e in range(1, epochs + 1):
             group.batches.set_epoch([t.rng.draw_seed() for t in group.trials])
             step.start_epoch()
@@ -129,7 +130,7 @@ class Trainer:
                 steps += 1
                 progress.step()
                 # Under torchrun only the epoch end reads (reduced) statistics: a rank stopping alone would hang.
-                if steps % opt["print_freq"] == 0 and not self.run.distributed:
+                if steps % opt["print_freq"] == 0 and self.run.processes == 1:
                     stats = group.meter.read()
                     progress.update(stats[0])
                     self._check_running(group, stats, epoch)
@@ -139,18 +140,21 @@ class Trainer:
         vals = evaluate_trials(group.replicas.students(), self.test_batches, self.run.reduce_eval)
         times = (t_test - t0, time.perf_counter() - t_test)  # training, testing (which ends with a host read)
         progress.close()
-        lines = []
+        lines, stopped = [], []
         for k, trial in enumerate(group.trials):
             problem = _problem(stats[k], vals[k], epoch)
             state = group.replicas.trial_state(k) if problem is None else {}
             if problem is None and not _all_finite(state):
                 problem = f"the weights became NaN or infinite in epoch {epoch}"
+            if problem is None:
+                problem = self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], times)
             if problem is not None:
                 self._stop(trial, problem)
+                stopped.append(trial)
                 continue
-            self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], times)
             lines.append((f" {trial.label}" if self.run.several else "", stats[k], vals[k]))
         progress.end_epoch(lines)
+        self._say_stopped(stopped)
 
     def _skip_note(self, size: int) -> None:
         if not self.skipped_note:
@@ -165,19 +169,54 @@ class Trainer:
             for trial, problem in bad:
                 self._stop(trial, problem)
             self.run.progress.close()
-            raise TrainingDiverged(bad[0][1] if len(self.trials) == 1 else "every trial stopped: "
-                                   + "; ".join(t.diverged for t, _ in bad))
+            self._say_stopped([t for t, _ in bad])
+            raise TrainingDiverged(self._stopped_message([t for t in self.trials if t.diverged]))
 
     def _stop(self, trial: Trial, problem: str) -> None:
         kept = trial.paths.checkpoint
-        kept_note = f"the last good checkpoint {kept} is kept" if kept.exists() else "no checkpoint was written"
+        kept_note = (f"the last good checkpoint {kept} is kept" if kept.is_file() else "no checkpoint was written"
+                     if trial.paths.folder.is_dir() else "its folder is gone")
         prefix = f"{trial.label}: " if self.run.several else ""
         trial.diverged = f"{prefix}{problem}; training stopped, {kept_note}"
-        if len(self.trials) > 1:
-            self.run.progress.say(f"error: {trial.diverged}; the other trials go on")
+        if trial.writer is not None:  # nothing more is logged for it (its folder may be gone)
+            try:
+                trial.writer.close()
+            except OSError:
+                pass
+            trial.writer = None
+
+    def _say_stopped(self, stopped: list[Trial]) -> None:
+        """Trials that stopped while others go on are told at once; when none goes on, the final error tells."""
+        if stopped and any(t.diverged is None for t in self.trials):
+            for trial in stopped:
+                self.run.progress.say(f"error: {trial.diverged}; the other trials go on")
+
+    def _stopped_message(self, failed: list[Trial]) -> str:
+        """The run's last line when trials stopped: which, why, and what to do next."""
+        if len(self.trials) == 1:
+            what = failed[0].diverged
+        elif len(failed) == len(self.trials):
+            what = "every trial stopped: " + "; ".join(t.diverged for t in failed)
+        else:
+            what = f"{len(failed)} of {len(self.trials)} trials stopped: " + "; ".join(t.diverged for t in failed)
+        gone = [t for t in failed if not t.paths.folder.is_dir()]
+        diverged = [t for t in failed if t not in gone]
+        then = []
+        if any(t.paths.checkpoint.is_file() for t in diverged):
+            then.append("to go on from the last good checkpoint, resume with --resume and the change, e.g. --set "
+                        "learning_rate=<lower>")
+        elif diverged:
+            then.append("to start again with other options, run the command with them (a trial folder that holds "
+                        "no finished epoch is archived)")
+        if gone:
+            numbers = ",".join(str(t.paths.number) for t in gone)
+            then.append(f"to train {'it' if len(gone) == 1 else 'them'} again, run the command with -t {numbers}")
+        return "; ".join([what, *then])
 
     def _finish_epoch(self, trial: Trial, group: Group, k: int, method_state: dict[str, torch.Tensor], epoch: int,
-                      lr: float, train: dict[str, Any], val: dict[str, float], times: tuple[float, float]) -> None:
+                      lr: float, train: dict[str, Any], val: dict[str, float], times: tuple[float, float]
+                      ) -> str | None:
+        """The trial's epoch in its state and on disk; a problem that stops this trial alone, or None."""
         seconds, test_seconds = times
         state = trial.state
         state.epoch = epoch
@@ -191,13 +230,22 @@ class Trainer:
         optimizer_state = group.replicas.optimizer_state(group.optimizer, k)
         trial.saved = (method_state, optimizer_state)
         if not self.run.is_main:
-            return
-        if trial.writer is not None:
-            _log(trial.writer, epoch, lr, train, val)
+            return None
         ckpt = make_checkpoint(epoch=epoch, student=group.replicas.student_state(k), method=method_state,
                                optimizer=optimizer_state, state=state, accuracy=val["top1"], opt=self.run.opt,
-                               rng=trial.rng.state, seed=trial.seed, teacher_fingerprint=self.run.teacher_fingerprint)
-        save_epoch(trial.paths, ckpt, {**self.run.extra, "trial": trial.paths.number, "seed": trial.seed})
+                               rng=trial.rng.state, seed=trial.seed, teacher_fingerprint=self.run.teacher_fingerprint,
+                               teacher_acc=self.run.extra.get("teacher_acc"), processes=self.run.processes)
+        try:
+            if not trial.paths.folder.is_dir():  # removed while it trained: a save would make a new, partial one
+                raise FileNotFoundError(errno.ENOENT, "removed while the trial trained")
+            if trial.writer is not None:
+                _log(trial.writer, epoch, lr, train, val)
+            save_epoch(trial.paths, ckpt, {**self.run.extra, "trial": trial.paths.number, "seed": trial.seed})
+        except DiskError:
+            raise  # a full disk stops every trial
+        except OSError as err:
+            return f"its folder {trial.paths.folder} could not be written in epoch {epoch} ({err.strerror})"
+        return None
 
 
 def _random_state(group: Group) -> contextlib.AbstractContextManager:

@@ -61,13 +61,26 @@ def experiment_folder(opt: dict[str, Any], default_name: str) -> Path:
 
 def make_checkpoint(*, epoch: int, student: dict[str, torch.Tensor], method: dict[str, torch.Tensor],
                     optimizer: dict[str, Any], state: RunState, accuracy: float, opt: dict[str, Any],
-                    rng: dict[str, Any], seed: int, teacher_fingerprint: float | None) -> dict[str, Any]:
+                    rng: dict[str, Any], seed: int, teacher_fingerprint: float | None,
+                    teacher_acc: float | None = None, processes: int = 1) -> dict[str, Any]:
     """A superset of CRD's layout ({'epoch', 'model', 'best_acc', 'optimizer'}: it loads as a teacher) and of
-    the published CoCoRD one ('s_model_dict', 'best_acc1': the same tensors, saved once)."""
+    the published CoCoRD one ('s_model_dict', 'best_acc1': the same tensors, saved once). The teacher's test
+    accuracy is kept too, so that results.json can be rebuilt from the checkpoint alone, and the number of
+    torchrun processes, which multiplies the batch."""
     return {"epoch": epoch, "model": student, "s_model_dict": student, "best_acc": state.best_acc,
             "best_acc1": state.best_acc, "best_epoch": state.best_epoch, "accuracy": accuracy,
             "arch": opt["student_model"], "optimizer": optimizer, "method": method, "history": state.history,
-            "rng": rng, "seed": seed, "options": opt, "teacher_fingerprint": teacher_fingerprint}
+            "rng": rng, "seed": seed, "options": opt, "teacher_fingerprint": teacher_fingerprint,
+            "teacher_acc": teacher_acc, "processes": processes}
+
+
+def recorded_teacher_acc(paths: TrialPaths, ckpt: dict[str, Any]) -> float | None:
+    """The teacher accuracy a trial's run recorded (its checkpoint's; an older checkpoint's results.json)."""
+    if isinstance(ckpt.get("teacher_acc"), (int, float)):
+        return ckpt["teacher_acc"]
+    old = _read_json(paths.results)
+    value = old.get("teacher_acc") if isinstance(old, dict) else None
+    return value if isinstance(value, (int, float)) else None
 
 
 def results_of(ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -105,21 +118,30 @@ def save_epoch(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any]) -
     _write_results(paths, results_of(ckpt, extra))
 
 
-def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any]) -> list[str]:
-    """Rewrite whatever a stop after the checkpoint left behind it, for a run going on with `opt`; returns the
-    files rewritten."""
-    fixed = []
+def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any]
+           ) -> tuple[list[str], list[str]]:
+    """Rewrite whatever a stop after the checkpoint left behind it, and bring results.json to the run as it goes
+    on with `opt`; returns (the files repaired: they did not agree with the checkpoint, the files written because
+    `opt` ends the run at the checkpoint's epoch)."""
+    fixed, ended = [], []
+    as_saved = json.loads(json.dumps(results_of(ckpt, extra)))  # what the checkpoint's epoch wrote
+    if ckpt["epoch"] == opt["epochs"] != ckpt["options"]["epochs"]:  # the run ends where it stands
+        ckpt = {**ckpt, "options": opt}
+        atomic_save(ckpt, paths.checkpoint)
+        ended.append(paths.checkpoint.name)
     if ckpt["best_epoch"] == ckpt["epoch"] and saved_epoch(paths.best) != ckpt["epoch"]:
         _write_best(paths, ckpt)
         fixed.append(paths.best.name)
     if ckpt["epoch"] == ckpt["options"]["epochs"] and not paths.epoch_file(ckpt["epoch"]).is_file():
         _write_epoch_file(paths, ckpt)
-        fixed.append(paths.epoch_file(ckpt["epoch"]).name)
-    results = results_of(ckpt, extra, opt)
-    if _read_json(paths.results) != json.loads(json.dumps(results)):
-        _write_results(paths, results)
+        (ended if ended else fixed).append(paths.epoch_file(ckpt["epoch"]).name)
+    old = _read_json(paths.results)
+    if not isinstance(old, dict) or any(old.get(k) != v for k, v in as_saved.items() if k not in extra):
         fixed.append(paths.results.name)
-    return fixed
+    results = results_of(ckpt, extra, opt)
+    if old != json.loads(json.dumps(results)):
+        _write_results(paths, results)
+    return fixed, ended
 
 
 def saved_epoch(path: Path) -> int | None:
@@ -137,6 +159,11 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+# What a resume reads from a checkpoint, and its type: a file without one of them is damaged.
+_CHECKPOINT_KEYS = {"epoch": int, "best_acc": (int, float), "best_epoch": int, "history": list, "rng": dict,
+                    "method": dict, "optimizer": dict, "options": dict, "model": dict, "arch": str}
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ResumeError(f"cannot resume from {path}: not a regular file")
@@ -147,7 +174,52 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "method" not in ckpt or "epoch" not in ckpt or "options" not in ckpt:
         raise ResumeError(f"{path} is not a checkpoint written by this project's training (no method state); "
                           "it can be used as path.teacher, not for resume")
+    bad = [key for key, kind in _CHECKPOINT_KEYS.items() if not isinstance(ckpt.get(key), kind)]
+    if bad:
+        raise ResumeError(f"checkpoint {path} lacks {', '.join(bad)} or holds something else there: it is damaged; "
+                          "put back a good copy, or move the trial folder away and train the trial again")
     return ckpt
+
+
+def check_resumable_files(paths: TrialPaths, epochs: int) -> None:
+    """The files a resumed trial writes are files or absent: a folder in the place of one would stop the run
+    after it had rewritten the others."""
+    names = (paths.options, paths.results, paths.provenance, paths.log, paths.summary, paths.best,
+             paths.checkpoint, paths.epoch_file(epochs))
+    for path in (*names, *(p.with_name(p.name + ".tmp") for p in names)):
+        if path.is_dir() or path.exists() and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise ResumeError(f"cannot resume {paths.folder}: {path.relative_to(paths.folder)} is {kind}, where the "
+                              "run writes a file; move it away and resume again")
+
+
+def trained_evidence(paths: TrialPaths) -> list[str]:
+    """The files that show a trial has trained an epoch (results.json and model/ are written only after an epoch's
+    checkpoint): a trial that holds them but no checkpoint has lost it, and must not start again over them."""
+    found = [paths.results.name] if paths.results.exists() else []
+    if paths.model_dir.is_dir():
+        found += [f"model/{p.name}" for p in sorted(paths.model_dir.iterdir()) if not p.name.endswith(".tmp")]
+    return found
+
+
+def missing_run_message(paths: TrialPaths) -> str:
+    """Why there is nothing to resume in this trial's folder, and what to do."""
+    if not paths.folder.exists():
+        return (f"nothing to resume: there is no run at {paths.folder} (no such folder); to start it, run the command "
+                "without --resume")
+    if not paths.folder.is_dir():
+        return f"nothing to resume: {paths.folder} is a file, not a trial folder; move it away"
+    if paths.checkpoint.exists():
+        return (f"nothing to resume at {paths.folder}: its model/checkpoint.pth is not a regular file; put the "
+                "checkpoint back, or move the folder away to train the trial again from the start")
+    evidence = trained_evidence(paths)
+    if evidence:
+        shows = "shows" if len(evidence) == 1 else "show"
+        return (f"nothing to resume at {paths.folder}: its model/checkpoint.pth is missing, though "
+                f"{', '.join(evidence[:3])} {shows} it trained; put the checkpoint back, or move the folder away to "
+                "train the trial again from the start")
+    return (f"nothing to resume at {paths.folder}: its first epoch never finished (no model/checkpoint.pth); run the "
+            "command without --resume to start it again")
 
 
 _TRIAL_NAME = re.compile(r"trial_[1-9][0-9]*")
@@ -166,8 +238,7 @@ def resume_target(target: str) -> TrialPaths:
             raise ResumeError(f"cannot resume from {target}: the run's folder {folder.name!r} is not named trial_N "
                               "as a trial folder is (an archived trial: rename it trial_N first)")
         if not paths.checkpoint.is_file():
-            raise ResumeError(f"nothing to resume at {target}: no model/checkpoint.pth there (an interrupted "
-                              "first epoch saves nothing; start the run again)")
+            raise ResumeError(missing_run_message(paths))
         return paths
     if not path.exists():
         raise ResumeError(f"nothing to resume at {target}: no such file or folder")

@@ -22,15 +22,17 @@ class FolderBusy(RuntimeError):
 def lock_trials(trials: list[Trial]) -> list[FolderLock]:
     """One lock per trial, beside its folder, held while the run trains: a second process on the same trial
     stops before it renames or writes anything."""
-    locks = []
+    locks: list[FolderLock] = []
     try:
         for trial in trials:
             locks.append(FolderLock(trial.paths.folder.parent, trial.paths.folder.name))
-    except LockError as err:
+    except BaseException as err:
         for lock in locks:
             lock.release()
-        raise FolderBusy(f"{trial.paths.folder} is being trained by {err} right now; wait for it to finish, or "
-                         "give this run another -t or experiment_name") from None
+        if isinstance(err, LockError):
+            raise FolderBusy(f"{trial.paths.folder} is being trained by {err} right now; wait for it to finish, or "
+                             "give this run another -t or experiment_name") from None
+        raise
     return locks
 
 
@@ -59,19 +61,25 @@ def prepare_folder(plan: FolderPlan, say: Any) -> None:
     if plan.archive:
         target = archive_name(plan.paths.folder, time.strftime("%y%m%d-%H%M%S"))
         plan.paths.folder.rename(target)
+        plan.archived_to = target
         say(f"{plan.note}: {target}")
     plan.paths.folder.mkdir(parents=True)
+    plan.made = True
 
 
 def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any],
                      say: Any) -> None:
-    fixed = repair(paths, ckpt, extra, opt)
+    fixed, ended = repair(paths, ckpt, extra, opt)
     if fixed:
-        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint")
+        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the last run stopped before "
+            "writing them)")
+    if ended:
+        say(f"{paths.folder}: the run ends at epoch {ckpt['epoch']}, as epochs={opt['epochs']} asks: wrote "
+            f"{', '.join(ended)}")
 
 
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],
-               seed: int, summary: str) -> None:
+               seed: int, summary: str, processes: int = 1) -> None:
     """options.yml (the options as they run, speed settings as they apply here), run.json (one entry per start or
     resume: command, code, libraries, machine) and the network summary."""
     atomic_write_text(paths.options, options_text(opt))
@@ -81,7 +89,7 @@ def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: 
             sessions = json.loads(paths.provenance.read_text()).get("sessions", [])
         except (OSError, ValueError, AttributeError):
             sessions = []
-    sessions.append(session(argv, device, speed, seed))
+    sessions.append(session(argv, device, speed, seed, processes))
     atomic_write_text(paths.provenance, json.dumps({"sessions": sessions}, indent=1))
     paths.summary.write_text(summary)
 

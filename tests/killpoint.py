@@ -5,7 +5,8 @@
 SUFFIX: the end of the path being opened for writing (e.g. `trial_1/results.json.tmp`: every file is written
 as `<name>.tmp`, then renamed), or `rename:` and the end of the path being renamed (`rename:model/
 checkpoint.pth.tmp`: the moment the file is written whole and not yet in place), or `read:` and the end of a
-path being opened for reading; N: which such event (1 = the first); ACTION:
+path being opened for reading, or `call:` and the name of any audit event (`call:fcntl.flock`: a file lock
+being taken); N: which such event (1 = the first; * = every one); ACTION:
   kill         SIGKILL this process at that moment (an open: before the file exists; a rename: before the
                file is in place): a power cut, a kill -9
   fill:PATH    write the file PATH until its file system is full, then go on: the write that follows
@@ -13,11 +14,13 @@ path being opened for reading; N: which such event (1 = the first); ACTION:
   pause:DIR    create DIR/here, then sleep until DIR/go exists (at most 120 s), then go on: the test acts
                meanwhile (sends SIGINT, which interrupts the sleep, or runs another process)
   sleep:SECONDS  wait that long, then go on: this process falls behind the others of a torchrun group
+  raise:ERRNO  make the call fail as the system would with that error number (`raise:37`: ENOLCK, no locks on
+               this file system), where the test machine cannot produce the failure itself
 
 Under torchrun every process installs the hooks; `ACTION@R` acts in rank R alone (e.g. `sleep:2@1`).
 
-Nothing in the project knows about this: it watches Python's "open" and "os.rename" audit events
-(sys.addaudithook), then runs main.py as `python main.py MAIN_ARGS` would (runpy, run_name "__main__").
+Nothing in the project knows about this: it watches Python's audit events (sys.addaudithook; a hook that
+raises makes the call fail), then runs main.py as `python main.py MAIN_ARGS` would (runpy, run_name "__main__").
 """
 from __future__ import annotations
 
@@ -30,6 +33,16 @@ from pathlib import Path
 
 MAIN = Path(__file__).resolve().parents[1] / "main.py"
 WRITE_MODES = set("wax+")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def _open_modes(args: tuple) -> set[str]:
+    """The mode letters of an "open" event: open() gives its mode, os.open() only its flags."""
+    if isinstance(args[1], str):
+        return set(args[1])
+    if len(args) > 2 and isinstance(args[2], int):
+        return {"w"} if args[2] & WRITE_FLAGS else {"r"}
+    return set()
 
 
 def _fill(filler: Path) -> None:
@@ -49,6 +62,7 @@ def _fill(filler: Path) -> None:
 
 
 def install(suffix: str, nth: int, action: str) -> None:
+    """Act at the `nth` matching event (every one if `nth` is 0)."""
     seen = 0
     busy = False
     wanted, modes = "open", WRITE_MODES
@@ -56,20 +70,25 @@ def install(suffix: str, nth: int, action: str) -> None:
         wanted, suffix = "os.rename", suffix.removeprefix("rename:")  # os.replace raises "os.rename"
     elif suffix.startswith("read:"):
         modes, suffix = {"r"}, suffix.removeprefix("read:")
+    elif suffix.startswith("call:"):
+        wanted, suffix = suffix.removeprefix("call:"), ""
     action, _, rank = action.partition("@")
     if rank and os.environ.get("RANK", "0") != rank:
         return
 
     def hook(event: str, args: tuple) -> None:
         nonlocal seen, busy
-        if event != wanted or busy or not isinstance(args[0], (str, bytes, os.PathLike)):
+        if event != wanted or busy:
             return
-        if event == "open" and not (isinstance(args[1], str) and modes & set(args[1])):
-            return
-        if not os.fsdecode(args[0]).endswith(suffix):
-            return
+        if suffix:  # an event on a path
+            if not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+                return
+            if event == "open" and not modes & _open_modes(args):
+                return
+            if not os.fsdecode(args[0]).endswith(suffix):
+                return
         seen += 1
-        if seen != nth:
+        if nth and seen != nth:
             return
         busy = True
         try:
@@ -85,6 +104,9 @@ def install(suffix: str, nth: int, action: str) -> None:
                     time.sleep(0.05)
             elif action.startswith("sleep:"):
                 time.sleep(float(action.removeprefix("sleep:")))
+            elif action.startswith("raise:"):
+                number = int(action.removeprefix("raise:"))
+                raise OSError(number, os.strerror(number))
             else:
                 raise SystemExit(f"killpoint: unknown action {action!r}")
         finally:
@@ -101,5 +123,5 @@ if __name__ == "__main__":
     sys.path[0] = str(MAIN.parent)
     sys.argv = [str(MAIN), *main_args]
     for i in range(0, len(specs), 3):
-        install(specs[i], int(specs[i + 1]), specs[i + 2])
+        install(specs[i], 0 if specs[i + 1] == "*" else int(specs[i + 1]), specs[i + 2])
     runpy.run_path(str(MAIN), run_name="__main__")

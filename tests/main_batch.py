@@ -4,8 +4,8 @@
     torchrun --nproc_per_node=2 tests/main_batch.py CASES.json RESULTS.json   (RESULTS.json.<rank> per process)
 
 Writes RESULTS.json (stdout is the runs' own): per case its exit status (main's return, SystemExit's code,
-or 1 with a traceback for an exception that escaped, as a real process would end), its stderr, its seconds,
-and how far it raised the process's peak memory (MB).
+or 1 with a traceback for an exception that escaped, as a real process would end), its stderr, and how far
+it raised the process's peak memory (MB).
 Each case starts with the warning filters of a fresh process, so a warning it gives is not hidden because
 an earlier case gave it.
 """
@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import sys
-import time
 import traceback
 import warnings
 from pathlib import Path
@@ -34,7 +33,7 @@ def run_cases(cases: list[list[str]]) -> list[dict]:
         warnings.filters[:] = fresh
         warnings._filters_mutated()  # forget which warnings were shown already
         err = io.StringIO()
-        peak, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with contextlib.redirect_stderr(err):
             try:
                 code = main.main(argv)
@@ -44,8 +43,7 @@ def run_cases(cases: list[list[str]]) -> list[dict]:
                 traceback.print_exc()
                 code = 1
         grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024  # ru_maxrss: KB on Linux
-        out.append({"argv": argv, "rc": code, "stderr": err.getvalue(), "seconds": time.perf_counter() - t0,
-                    "peak_growth_mb": grew})
+        out.append({"argv": argv, "rc": code, "stderr": err.getvalue(), "peak_growth_mb": grew})
     return out
 
 

@@ -1,6 +1,5 @@
 """Generated data: the cifar-100-python files the demo and the tests write, and how learnable they are."""
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -64,11 +63,7 @@ def _logreg_accuracy(arrays, pool: int) -> float:
 
 
 def test_demo_data_is_learnable_not_trivial(tmp_path):
-    start = time.perf_counter()
     write_demo_cifar(str(tmp_path), num_classes=10, train_per_class=500, test_per_class=100, seed=0)
-    seconds = time.perf_counter() - start
-    print(f"write_demo_cifar: 6000 images in {seconds:.2f} s")
-    assert seconds < 6.0  # ~0.3-0.9 s measured; generous for loaded CI machines
     arrays = load_cifar100(str(tmp_path))
     assert arrays.train_images.shape[0] == 5000 and arrays.test_images.shape[0] == 1000
 

@@ -1,5 +1,6 @@
 """CoCoRD under torchrun on the CPU (gloo): identical ranks, a queue filled in rank order."""
 import json
+import re
 import subprocess
 import sys
 
@@ -73,6 +74,50 @@ def test_a_rank_that_falls_behind_does_not_mistake_rank_0s_files_for_another_run
     assert done.returncode == 0, done.stderr[-3000:]
     trial = tmp_path / "experiments" / METHODS["none"][1] / "trial_1"
     assert json.loads((trial / "results.json").read_text())["finished"]
+
+
+def our_errors(stderr: str) -> list[str]:
+    """The lines main.py's processes said on stderr (torchrun adds its own report of the failed processes)."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.slow
+def test_a_refusal_stops_every_process_and_a_resume_keeps_the_process_count(tmp_path, tiny_cifar, tiny_teacher):
+    """Under torchrun, a refusal only rank 0 can make (a finished trial with other settings; a trial another
+    process holds) stops both processes with rank 0's one line, exit status 2, instead of a lost connection on
+    rank 1. The run records how many processes trained it (run.json, checkpoint): a resume in another number,
+    which would train on batches of another size, is refused."""
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, batch_size=8, epochs=1,
+                                                        distill="none", experiment_name="mine"))
+    main = [str(ROOT / "main.py"), "-opt", opt]
+    done = torchrun(main, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trial = tmp_path / "experiments" / "mine" / "trial_1"
+    assert [s["processes"] for s in json.loads((trial / "run.json").read_text())["sessions"]] == [2]
+
+    other = torchrun([*main, "--set", "learning_rate=0.1"], tmp_path)
+    from utils.files import FolderLock
+    lock = FolderLock(trial.parent, trial.name)  # this test process holds trial 1, as a run training it would
+    try:
+        busy = torchrun([*main, "--resume", "--set", "epochs=2"], tmp_path)
+    finally:
+        lock.release()
+    for refused, words in ((other, "other settings: learning_rate 0.05 -> 0.1"), (busy, "is being trained by")):
+        assert refused.returncode != 0
+        said = our_errors(refused.stderr)
+        assert len(said) == 1 and words in said[0], refused.stderr[-3000:]
+        # Both stop cleanly: exit status 2 (torchrun may end the later one with SIGTERM as the first exits, once
+        # rank 0 has spoken), never 1, a traceback.
+        codes = re.findall(r"exitcode  : (-?\d+)", refused.stderr)
+        assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, refused.stderr[-3000:]
+        assert "gloo" not in refused.stderr and "Connection closed" not in refused.stderr, refused.stderr[-3000:]
+
+    alone = subprocess.run([sys.executable, *main, "--resume", "--set", "epochs=2"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env=main_env())
+    assert alone.returncode == 2
+    said = alone.stderr.strip().splitlines()
+    assert len(said) == 1 and "trained in 2 processes" in said[0] and "--nproc_per_node=2" in said[0], said
+    assert json.loads((trial / "results.json").read_text())["history"][-1]["epoch"] == 1
 
 
 @pytest.mark.slow

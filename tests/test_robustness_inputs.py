@@ -59,7 +59,7 @@ def work(tmp_path_factory, tiny_teacher):
 
 
 def test_refusals_leave_every_run_alone(work):
-    """Scenarios 1, 7, 8 and 10: exit 2, one line that names the problem, quickly, nothing written, the
+    """Scenarios 1, 7, 8 and 10: exit 2, one line that names the problem, nothing big built, nothing written, the
     previous run in the trial folder not archived although --replace asks to archive it."""
     trial = work / "experiments" / COCORD_FOLDER / "trial_1"
     (work / "elsewhere" / "model").mkdir(parents=True)
@@ -102,7 +102,7 @@ def test_refusals_leave_every_run_alone(work):
         line = one_error_line(result)
         for word in words:
             assert word in line, (extra, line)
-        assert result["seconds"] < 10 and result["peak_growth_mb"] < 500, (extra, result)
+        assert result["peak_growth_mb"] < 500, (extra, result)  # refused before anything big is built
     assert snapshot(*watched) == before
     assert sorted(p.name for p in (work / "experiments").iterdir()) == [COCORD_FOLDER]
 

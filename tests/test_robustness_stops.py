@@ -172,13 +172,15 @@ def test_a_full_disk_keeps_the_last_checkpoint(tmp_path, setup):
 
 
 def test_ctrl_c_says_what_was_saved_and_how_to_continue(tmp_path, setup, tiny_teacher):
-    """Scenario 10: Ctrl-C before the first epoch is saved says nothing was; Ctrl-C after an epoch (while the
-    next one is being saved) prints the exact command that continues, and that command completes the run;
-    neither leaves the checkpoint's temporary file behind.
+    """Scenario 10: Ctrl-C before the first epoch is saved says nothing was, and leaves nothing (the trial folder
+    it had made is removed); Ctrl-C after an epoch (while the next one is being saved) prints the exact command
+    that continues, and writes it in train.log too, and that command completes the run, saying where it goes on
+    from; neither leaves the checkpoint's temporary file behind.
     A resume then refuses a teacher with other weights, and accepts (and says) a copy of the same one."""
     run = ["-opt", setup, "-t", "3"]
     trial = tmp_path / "experiments" / COCORD_FOLDER / "trial_3"
-    for nth, said in ((1, "nothing was saved"), (2, "epoch 1 is saved; continue with: python ")):
+    for nth, said in ((1, "nothing was saved, and the trial folder it made removed"),
+                      (2, "epoch 1 is saved; continue with: python ")):
         paused = pause_dir(tmp_path, f"pause{nth}")  # the epoch's checkpoint is written whole, not yet in place
         proc = start(at("rename:model/checkpoint.pth.tmp", nth, f"pause:{paused}", *run), tmp_path)
         wait_for(paused / "here", proc)
@@ -187,14 +189,18 @@ def test_ctrl_c_says_what_was_saved_and_how_to_continue(tmp_path, setup, tiny_te
         assert proc.returncode == 130, err
         line = stderr_line(err)
         assert said in line and "Traceback" not in err, line
-        assert not list(trial.rglob("*.tmp"))
+        assert nth == 2 or not trial.exists()
+    assert not list(trial.rglob("*.tmp"))
     assert torch.load(trial / "model" / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    assert (trial / "train.log").read_text().splitlines()[-1] == line
 
     again = shlex.split(line.split("continue with: ", 1)[1])
     assert again[0] == "python" and again[-1] == "--resume"
     done = subprocess.run([sys.executable, *again[1:]], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+    resuming = "resuming trial 3 from epoch 1; the run trains to epoch 2"
+    assert resuming in done.stdout.splitlines() and resuming in (trial / "train.log").read_text().splitlines()
     assert_consistent(trial, 2)
 
     other = tmp_path / "other_teacher.pth"

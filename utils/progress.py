@@ -56,9 +56,12 @@ class Progress:
         """`text` to the logs only (a line the console already showed elsewhere, e.g. on stderr)."""
         if not self.logs:
             self.said.append(text)
-        for path in self.logs:
-            with open(path, "a") as f:
-                f.write(text + "\n")
+        for path in list(self.logs):
+            try:
+                with open(path, "a") as f:
+                    f.write(text + "\n")
+            except OSError:  # its folder was removed or made read-only: the trainer stops that trial and says so
+                self.logs.remove(path)
 
     def start_epoch(self, epoch: int, lr: float) -> None:
         self.epoch, self.lr, self.t0 = epoch, lr, time.perf_counter()
@@ -93,12 +96,17 @@ class Progress:
         self.epoch_seconds.append(seconds)
         recent = self.epoch_seconds[-5:]
         eta = (self.epochs - self.epoch) * sum(recent) / len(recent)
+        # Trials of a group train together: each line gives its trial's images per second, and how many all made.
+        total = sum(train["images"] for _, train, _ in lines) / max(seconds, 1e-9)
         for label, train, val in lines:
             epoch, left = f"epoch {self.epoch}/{self.epochs}{label}", f"left {format_duration(eta)}"
             loss, top1 = f"{train['loss']:.4f}", f"{train.get('acc_train_top1', 0.0):.2f}%"
             test = f"top1 {val['top1']:.2f}% top5 {val['top5']:.2f}%"
+            rate = f"{train['images'] / max(seconds, 1e-9):.0f} img/s"
+            if len(lines) > 1:
+                rate += f" per trial ({total:.0f} in all)"
             self.say(f"{epoch} lr {self.lr:g} | train loss {loss} top1 {top1} | test loss {val['loss']:.4f} {test} | "
-                     f"{train['images'] / max(seconds, 1e-9):.0f} img/s {seconds:.1f}s | {left}",
+                     f"{rate} {seconds:.1f}s | {left}",
                      shorter=(f"{epoch} lr {self.lr:g} | train loss {loss} top1 {top1} | test {test} | {left}",
                               f"{epoch} | train loss {loss} top1 {top1} | test top1 {val['top1']:.2f}% | {left}",
                               f"{epoch} | loss {loss} train {top1} test {val['top1']:.2f}% | {left}"))

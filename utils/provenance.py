@@ -42,7 +42,8 @@ def command_line(argv: list[str]) -> str:
     return shlex.join([Path(sys.executable).name, "main.py", *argv])
 
 
-def session(argv: list[str], device: torch.device, speed: dict[str, Any], seed: int) -> dict[str, Any]:
-    """One entry of a trial's run.json: a start or a resume of it."""
+def session(argv: list[str], device: torch.device, speed: dict[str, Any], seed: int, processes: int = 1
+            ) -> dict[str, Any]:
+    """One entry of a trial's run.json: a start or a resume of it (`processes`: under torchrun, how many)."""
     return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command_line(argv), "seed": seed,
-            "git": git_state(), "environment": environment(device), "speed": speed}
+            "processes": processes, "git": git_state(), "environment": environment(device), "speed": speed}

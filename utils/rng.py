@@ -48,12 +48,22 @@ class TrialRNG:
     so a trial trained in a group draws exactly the numbers it draws alone with the same seed."""
 
     def __init__(self, seed: int | None = None, state: dict[str, Any] | None = None):
-        if state is None:
+        self.seed, self._state = seed, state
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Made from the seed when first needed: a run refused before it trains seeds nothing (seeding every
+        generator takes milliseconds, minutes for thousands of trials)."""
+        if self._state is None:
             outer = rng_state()
-            seed_everything(seed)
-            state = rng_state()
+            seed_everything(self.seed)
+            self._state = rng_state()
             set_rng_state(outer)
-        self.state = state
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
 
     @contextmanager
     def active(self) -> Iterator[None]:
