@@ -321,3 +321,10 @@ def test_main_notes_published_keys_once(tmp_path):
     assert lines[0] == "note: ignored keys the published code derives: " + ", ".join(DERIVED)
     assert len(lines) == 2 and lines[1].startswith("error: ") and os.path.expanduser("~/no_such_teacher") in lines[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["options.yml"]
+
+
+def test_the_published_default_trial_0_is_explained():
+    """The published code's default trial is 0; here trials count from 1, and the refusal says which is which."""
+    with pytest.raises(SystemExit) as caught:
+        main.parse_args(["-opt", "x.yml", "-t", "0"])
+    assert caught.value.code == 2
