@@ -44,7 +44,16 @@ def run_cases(cases: list[list[str]]) -> list[dict]:
                 code = 1
         grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024  # ru_maxrss: KB on Linux
         out.append({"argv": argv, "rc": code, "stderr": err.getvalue(), "peak_growth_mb": grew})
+        _wait_for_the_others()  # under torchrun: the next case starts once every process is done with this one
     return out
+
+
+def _wait_for_the_others() -> None:
+    """Separate launches of main.py never overlap; cases in one torchrun launch must not either (rank 1 would look
+    for the checkpoint rank 0 is still writing)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 if __name__ == "__main__":

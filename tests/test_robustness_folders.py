@@ -238,7 +238,8 @@ def test_every_trial_of_a_group_diverging_says_what_to_do(tmp_path, base):
     trials go on; the last line says what to do, and doing it works: the same command with another learning rate
     runs (the folders hold no finished epoch: archived, no --replace needed), and --resume says there is nothing
     to resume and why."""
-    shutil.copy(base / "opt.yml", tmp_path / "opt.yml")
+    # One folder, named by hand: another learning rate would otherwise be another run's folder.
+    (tmp_path / "opt.yml").write_text((base / "opt.yml").read_text() + "experiment_name: pinned\n")
     run = ["-opt", "opt.yml", "-t", "1-2", "--set", "epochs=1"]
     diverged = subprocess.run([sys.executable, str(ROOT / "main.py"), *run, "learning_rate=1e30"], cwd=tmp_path,
                               env=main_env(), capture_output=True, text=True, timeout=300)
@@ -252,7 +253,7 @@ def test_every_trial_of_a_group_diverging_says_what_to_do(tmp_path, base):
     said = one_error_line(resumed)
     assert "no trial there has a model/checkpoint.pth" in said and "without --resume" in said, said
     assert again["rc"] == 0, again["stderr"]
-    folder = tmp_path / "experiments" / COCORD_FOLDER
+    folder = tmp_path / "experiments" / "pinned"
     assert json.loads((folder / "trial_2" / "results.json").read_text())["finished"]
     assert len([p for p in folder.iterdir() if p.name.startswith("trial_2_archived_")]) == 1
 

@@ -83,23 +83,23 @@ def setup(tmp_path_factory, tiny_teacher):
     return write_yaml(shared / "opt.yml", tiny_options(str(shared / "d16"), tiny_teacher, epochs=2))
 
 
-@pytest.mark.parametrize("suffix,nth", [("trial_3/results.json.tmp", 2), ("model/best.pth.tmp", 2)],
+@pytest.mark.parametrize("suffix,nth", [("trial_5/results.json.tmp", 2), ("model/best.pth.tmp", 2)],
                          ids=["before results.json", "before best.pth"])
 def test_killed_after_the_final_checkpoint_a_resume_completes_the_files(tmp_path, setup, suffix, nth):
     """Scenarios 2 and 3: SIGKILL after checkpoint.pth of the final (and best) epoch, before results.json or
     before best.pth: --resume completes the run's files (exit 0), it does not refuse a finished run."""
-    run = ["-opt", setup, "-t", "3", "--quiet"]
+    run = ["-opt", setup, "-t", "5", "--quiet"]
     killed = subprocess.run(at(suffix, nth, "kill", *run), cwd=tmp_path, env=ENV, capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    trial = tmp_path / "experiments" / COCORD_FOLDER / "trial_3"
+    trial = tmp_path / "experiments" / COCORD_FOLDER / "trial_5"
     ckpt = torch.load(trial / "model" / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["best_epoch"] == 2, "the fixed seed should make epoch 2 the best"
     assert json.loads((trial / "results.json").read_text())["last_epoch"] == 1  # not yet written for epoch 2
     expected_best = 2 if "results" in suffix else 1
     assert torch.load(trial / "model" / "best.pth", weights_only=True)["epoch"] == expected_best
 
-    done = run_main(["-opt", setup, "-t", "3", "--resume"], tmp_path)
+    done = run_main(["-opt", setup, "-t", "5", "--resume"], tmp_path)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "rewrote" in done.stdout and "results.json" in done.stdout
     assert_consistent(trial, 2)

@@ -22,20 +22,20 @@ def run_killed_at(target: str, count: int, args: list[str], cwd) -> int:
     return done.returncode
 
 
-def trial_dir(work, t: int):
-    return work / "experiments" / COCORD_FOLDER / f"trial_{t}"
+def trial_dir(work, t: int, folder: str = COCORD_FOLDER):
+    return work / "experiments" / folder / f"trial_{t}"
 
 
 def test_two_trials_write_two_complete_folders_and_equal_their_single_runs(tmp_path, tiny_cifar, tiny_teacher):
     # A learning rate of ~0: nothing feeds back, so what a trial computes shows its initialisation, its data
     # order and its augmentation; a trial of the group must show its own seed's, as the same trial alone does.
     opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=2, learning_rate=1e-12,
-                                                        seed=3))
+                                                        seed=3, experiment_name="lr0"))
     done = run_main(["-opt", opt, "-t", "1-2"], tmp_path)
     assert done.returncode == 0, done.stderr
     seeds = []
     for t in (1, 2):
-        folder = trial_dir(tmp_path, t)
+        folder = trial_dir(tmp_path, t, "lr0")
         for name in ("options.yml", "run.json", "train.log", "network_summary.txt", "results.json",
                      "model/checkpoint.pth", "model/best.pth", "model/ckpt_epoch_2.pth"):
             assert (folder / name).is_file(), (t, name)
@@ -45,18 +45,18 @@ def test_two_trials_write_two_complete_folders_and_equal_their_single_runs(tmp_p
         assert all([s for s, _ in tags[tag]] == [1, 2] for tag in PUBLISHED_TAGS)
         seeds.append(results["seed"])
     assert seeds == [3, 4]  # trial t runs with seed + t - 1
-    group = torch.load(trial_dir(tmp_path, 2) / "model/checkpoint.pth", weights_only=True)
+    group = torch.load(trial_dir(tmp_path, 2, "lr0") / "model/checkpoint.pth", weights_only=True)
     alone_dir = tmp_path / "alone"
     alone_dir.mkdir()
     done = run_main(["-opt", opt, "-t", "2"], alone_dir)
     assert done.returncode == 0, done.stderr
-    alone = torch.load(trial_dir(alone_dir, 2) / "model/checkpoint.pth", weights_only=True)
+    alone = torch.load(trial_dir(alone_dir, 2, "lr0") / "model/checkpoint.pth", weights_only=True)
     for key, value in alone["method"].items():
         if value.is_floating_point():
             assert torch.allclose(group["method"][key], value, rtol=1e-4, atol=1e-6), key
         else:
             assert torch.equal(group["method"][key], value), key
-    other = torch.load(trial_dir(tmp_path, 1) / "model/checkpoint.pth", weights_only=True)
+    other = torch.load(trial_dir(tmp_path, 1, "lr0") / "model/checkpoint.pth", weights_only=True)
     assert not torch.allclose(other["method"]["student.conv1.weight"], alone["method"]["student.conv1.weight"])
 
 
