@@ -47,11 +47,24 @@ def main() -> int:
         subprocess.run([sys.executable, f"tools/{tool}", "experiments/demo"], cwd=ROOT)
     tensorboard = Path(sys.executable).parent / "tensorboard"
     print(f"\ndone in {time.perf_counter() - start:.0f} s. TensorBoard: {tensorboard} --logdir experiments/demo")
+    print(NEXT)
     return 0
 
 
+NEXT = """
+What the demo made: data_demo/ (the dataset, in CIFAR-100's own file format), experiments/demo/ (the two runs:
+options, logs, TensorBoard events, checkpoints, results.json), figs/ (the figures). Its options files are
+options/demo_teacher.yml and options/demo_student.yml. Next, on the same data (CPU, under a minute each):
+  python main.py -opt options/demo_student.yml -t 2-3                           # two more trials, together
+  python main.py -opt options/demo_student.yml --resume --set epochs=6          # trial 1 on to 6 epochs
+  python main.py -opt options/demo_student.yml --set distill=kd loss_cls=0.1 loss_kd=0.9   # the KD baseline
+  python main.py -opt options/demo_student.yml --set epochs=1 cocord.key_size=256         # a smaller run
+  python tools/summarize.py experiments/demo                                    # the table, trials pooled
+(source .venv/bin/activate first.) The real runs: README.md, "The real run"."""
+
+
 def _trial_folder(opt: dict) -> Path:
-    return ROOT / experiment_folder(opt, method_class(opt["distill"]).experiment_name(opt)) / "trial_1"
+    return ROOT / experiment_folder(opt, method_class(opt["distill"]).folder_name(opt)) / "trial_1"
 
 
 if __name__ == "__main__":
