@@ -102,10 +102,14 @@ def build_columns(files: list[str], grid_items: list[str], variant_texts: list[s
     swept = [(k, vs) for k, vs in grid if len(vs) > 1]
     combos = list(itertools.product(files, variants, *[[(k, v) for v in vs] for k, vs in swept]))
     width = len(str(len(combos)))
+    stems = [Path(f).stem for f in files]
+    # Files of one name in several folders (options/paper/<method>/<pair>.yml) are told apart by their folder.
+    shown = {f: f"{Path(f).parent.name}-{Path(f).stem}" if stems.count(Path(f).stem) > 1 else Path(f).stem
+             for f in files}
     columns = []
     for index, (file, (variant, variant_set), *values) in enumerate(combos, 1):
         label = ({"variant": variant} if variant else {}) | {k: v for k, v in values}
-        parts = [f"{index:0{width}d}", Path(file).stem, variant, *(f"{k}={v}" for k, v in values)]
+        parts = [f"{index:0{width}d}", shown[file], variant, *(f"{k}={v}" for k, v in values)]
         name = _UNSAFE.sub("_", "-".join(p for p in parts if p))[:120]
         columns.append(Column(name, Path(file), fixed + variant_set + [f"{k}={v}" for k, v in values], label))
     return columns
