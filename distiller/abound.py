@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distiller.base import register
 from distiller.hint import ConvReg
-from distiller.kd import KD_OPTIONS, LOSS_CLS, kd_loss
+from distiller.kd import KD_OPTIONS, LOSS_CLS, ce_and_kd
 from distiller.two_stage import INIT_OPTIONS, TwoStage, stage_shapes, train_only
 
 MARGIN = 1.0  # ABLoss's margin
@@ -80,11 +79,5 @@ class AB(TwoStage):
     def forward(self, x: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
         _, logits = self.student.forward_stages(x, preact=True)
-        loss_cls = F.cross_entropy(logits, labels)
-        out = {"loss_cls": loss_cls, "loss": loss_cls * self.w_cls, "logits": logits}
-        if self.w_kd > 0:
-            with torch.no_grad():
-                teacher_logits = self.teacher(x)
-            out["loss_kd"] = kd_loss(logits, teacher_logits, self.kd_T)
-            out["loss"] = out["loss"] + out["loss_kd"] * self.w_kd
-        return out
+        return {**ce_and_kd(logits, labels, lambda: self.teacher(x), self.w_cls, self.w_kd, self.kd_T),
+                "logits": logits}

@@ -30,11 +30,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from distiller.base import Distiller, register
-from distiller.kd import KD_OPTIONS, LOSS_CLS, kd_loss
+from distiller.kd import KD_OPTIONS, LOSS_CLS, ce_and_kd
 from options.schema import NONNEG, POS, UNIT, Field
 from utils import distributed
 
@@ -219,11 +218,6 @@ class CRD(Distiller):
             contrast_idx = self.draw_negatives(labels, index)
         out_v1, out_v2 = self.contrast(self.embed_s(features), self.embed_t(teacher_features), index, contrast_idx)
         loss_crd = contrast_loss(out_v1, self.n_data) + contrast_loss(out_v2, self.n_data)
-        loss_cls = F.cross_entropy(logits, labels)
-        loss = loss_cls * self.w_cls
-        out = {"loss_cls": loss_cls, "loss_crd": loss_crd}
-        if self.w_kd > 0:
-            out["loss_kd"] = kd_loss(logits, teacher_logits, self.kd_T)
-            loss = loss + out["loss_kd"] * self.w_kd
-        out.update(loss=loss + loss_crd * self.w_crd, logits=logits)
+        out = ce_and_kd(logits, labels, teacher_logits, self.w_cls, self.w_kd, self.kd_T)
+        out.update(loss_crd=loss_crd, loss=out["loss"] + loss_crd * self.w_crd, logits=logits)
         return out

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distiller.base import register
-from distiller.kd import KD_OPTIONS, LOSS_CLS, kd_loss
+from distiller.kd import KD_OPTIONS, LOSS_CLS, ce_and_kd
 from distiller.two_stage import INIT_OPTIONS, TwoStage, stage_shapes, train_only
 from models import build_model
 from models.resnet import ResNet
@@ -123,12 +123,7 @@ class FT(TwoStage):
         with torch.no_grad():
             teacher_feats, teacher_logits = self.teacher.forward_stages(x)
             factor_t = self.paraphraser(teacher_feats[-2], is_factor=True)
-        loss_cls = F.cross_entropy(logits, labels)
         loss_factor = factor_transfer_loss(self.translator(feats[-2]), factor_t)
-        loss = loss_cls * self.w_cls
-        out = {"loss_cls": loss_cls, "loss_factor": loss_factor}
-        if self.w_kd > 0:
-            out["loss_kd"] = kd_loss(logits, teacher_logits, self.kd_T)
-            loss = loss + out["loss_kd"] * self.w_kd
-        out.update(loss=loss + loss_factor * self.w_factor, logits=logits)
+        out = ce_and_kd(logits, labels, teacher_logits, self.w_cls, self.w_kd, self.kd_T)
+        out.update(loss_factor=loss_factor, loss=out["loss"] + loss_factor * self.w_factor, logits=logits)
         return out

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distiller.base import Distiller
-from distiller.kd import kd_loss
+from distiller.kd import ce_and_kd
 
 PROBE_SIZE = {"cifar100": 32, "imagenet": 224}  # the images' side, by dataset
 
@@ -65,13 +65,8 @@ class FeatureMethod(Distiller):
         feats_s, logits = self.student.forward_stages(x, preact=self.preact)
         with torch.no_grad():
             feats_t, teacher_logits = self.teacher.forward_stages(x, preact=self.preact)
-        loss_cls = F.cross_entropy(logits, labels)
-        out = {"loss_cls": loss_cls}
-        loss = loss_cls * self.w_cls
-        if self.w_kd > 0:  # RepDistiller adds alpha x KD always; with alpha 0 that adds an exact 0
-            out["loss_kd"] = kd_loss(logits, teacher_logits, self.kd_T)
-            loss = loss + out["loss_kd"] * self.w_kd
+        out = ce_and_kd(logits, labels, teacher_logits, self.w_cls, self.w_kd, self.kd_T)
         term = self.distill_loss(feats_s, feats_t)
         out[f"loss_{self.name}"] = term
-        out.update(loss=loss + term * self.w_term, logits=logits)
+        out.update(loss=out["loss"] + term * self.w_term, logits=logits)
         return out

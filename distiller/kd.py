@@ -1,6 +1,7 @@
 """Hinton's knowledge distillation: the KD baseline of the paper's tables, and the KD term of CoCoRD+KD."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,6 +27,21 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float
     return (torch.xlogy(p_t, p_t) - p_t * log_p_s).sum() / student_logits.shape[0] * (T * T)
 
 
+def ce_and_kd(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | Callable[[], torch.Tensor],
+              w_cls: float, w_kd: float, T: float) -> dict[str, torch.Tensor]:
+    """RepDistiller's `gamma x CE + alpha x KD` part of every baseline's loss: the terms, and `loss` their weighted
+    sum. The KD term only when its weight is above 0 (RepDistiller's alpha 0 adds an exact zero);
+    `teacher_logits` may be a function, then run only for it."""
+    out = {"loss_cls": F.cross_entropy(logits, labels)}
+    out["loss"] = out["loss_cls"] * w_cls
+    if w_kd > 0:
+        with torch.no_grad():
+            target = teacher_logits() if callable(teacher_logits) else teacher_logits
+        out["loss_kd"] = kd_loss(logits, target, T)
+        out["loss"] = out["loss"] + out["loss_kd"] * w_kd
+    return out
+
+
 @register("kd")
 class KD(Distiller):
     n_views = 1
@@ -43,12 +59,7 @@ class KD(Distiller):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.student(x)
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        loss_cls = F.cross_entropy(logits, labels)
-        loss_kd = kd_loss(logits, teacher_logits, self.T)
-        loss = loss_cls * self.w_cls + loss_kd * self.w_kd
-        return {"loss": loss, "loss_cls": loss_cls, "loss_kd": loss_kd, "logits": logits}
+        return {**ce_and_kd(logits, labels, lambda: self.teacher(x), self.w_cls, self.w_kd, self.T), "logits": logits}
 
     @classmethod
     def named_options(cls) -> tuple[str, ...]:

@@ -75,6 +75,16 @@ def run_stage(stage: nn.Sequential, x: Tensor, preact: bool) -> tuple[Tensor, Te
     return stage[-1].forward_preact(x)
 
 
+def run_stages(x: Tensor, stages: tuple[nn.Sequential, ...], preact: bool) -> tuple[Tensor, list[Tensor]]:
+    """The stem's output `x` through `stages`: the last stage's output, and the entries RepDistiller keeps for
+    them, the stem's first (`run_stage` for each)."""
+    feats = [x]
+    for stage in stages:
+        x, feat = run_stage(stage, x, preact)
+        feats.append(feat)
+    return x, feats
+
+
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """Output channel k*g + i = input channel i*(C/g) + k (ShuffleNet's shuffle; g = 1 is the identity)."""
     n, c, h, w = x.shape

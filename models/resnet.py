@@ -6,7 +6,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, flatten, init_convs_kaiming, run_stage
+from .base import ZooModel, flatten, init_convs_kaiming, run_stages
 from .registry import register
 
 
@@ -74,13 +74,9 @@ class ResNet(ZooModel):
 
     def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
         # f0 is the stem after its ReLU whatever `preact` says; f1-f3 the stages (pre-ReLU sums with preact).
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        feats = [x]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            x, feat = run_stage(layer, x, preact)
-            feats.append(feat)
-        feats.append(flatten(self.avgpool(x)))
-        return feats
+        stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x, feats = run_stages(stem, (self.layer1, self.layer2, self.layer3), preact)
+        return [*feats, flatten(self.avgpool(x))]
 
     def feature_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]  # the reference's ReLU is functional here

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, channel_shuffle, flatten, run_stage
+from .base import ZooModel, channel_shuffle, flatten, run_stages
 from .registry import register
 
 
@@ -71,13 +71,9 @@ class ShuffleNet(ZooModel):
 
     def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
         # f0 is the stem after its ReLU whatever `preact` says; f1-f3 the stages (pre-ReLU sums with preact).
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        feats = [x]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            x, feat = run_stage(layer, x, preact)
-            feats.append(feat)
-        feats.append(flatten(F.avg_pool2d(x, 4)))
-        return feats
+        stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x, feats = run_stages(stem, (self.layer1, self.layer2, self.layer3), preact)
+        return [*feats, flatten(F.avg_pool2d(x, 4))]
 
     def feature_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]

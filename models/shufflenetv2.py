@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ZooModel, channel_shuffle, flatten, run_stage
+from .base import ZooModel, channel_shuffle, flatten, run_stages
 from .registry import register
 
 
@@ -94,13 +94,9 @@ class ShuffleNetV2(ZooModel):
     def stage_features(self, x: Tensor, preact: bool) -> list[Tensor]:
         # f0 is the stem after its ReLU whatever `preact` says; f1-f3 the stages (see forward_preact), f4 the
         # pooled vector after conv2, bn2 and ReLU.
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        feats = [x]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            x, feat = run_stage(layer, x, preact)
-            feats.append(feat)
-        feats.append(self.pooled(x))
-        return feats
+        stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x, feats = run_stages(stem, (self.layer1, self.layer2, self.layer3), preact)
+        return [*feats, self.pooled(x)]
 
     def feature_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]  # not conv2 and bn2, as in the reference
