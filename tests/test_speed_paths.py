@@ -23,15 +23,20 @@ def test_fast_path_matches_eager(pair, loss_kd):
     assert result["queue_ptr_equal"]
 
 
-def test_speed_bench_runs_on_the_cpu():
-    """bench/speed.py end to end as a smoke test: one JSON line per pair, with images/s per variant."""
+def speed_bench(*args: str) -> list[dict]:
+    """bench/speed.py on the CPU with tiny settings: its JSON lines."""
     import json
     import subprocess
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--pairs", "resnet8:resnet8",
-                           "--variants", "eager", "eager_gpu", "--steps", "2", "--warmup", "1", "--batch", "8",
-                           "--images", "64", "--workers", "0"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--pairs", "resnet8:resnet8", *args,
+                           "--warmup", "1", "--batch", "8", "--images", "64", "--workers", "0"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    line = json.loads(done.stdout.strip().splitlines()[-1])
+    return [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+
+
+def test_speed_bench_runs_on_the_cpu():
+    """bench/speed.py end to end as a smoke test: one JSON line per pair, with images/s per variant."""
+    line = speed_bench("--variants", "eager", "eager_gpu", "--steps", "2")[-1]
     assert line["pair"] == "resnet8:resnet8"
     assert line["eager"]["images_per_s"] > 0 and line["eager_gpu"]["images_per_s"] > 0
 
@@ -39,13 +44,7 @@ def test_speed_bench_runs_on_the_cpu():
 def test_speed_bench_trials_and_profile():
     """`--trials 1 2 --profile 1`: a line per measurement as soon as it is done, then the pair's line with the
     group's images/s relative to one trial, and where each step's time went."""
-    import json
-    import subprocess
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--pairs", "resnet8:resnet8",
-                           "--trials", "1", "2", "--profile", "1", "--steps", "2", "--warmup", "1", "--batch", "8",
-                           "--images", "64", "--workers", "0"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    lines = speed_bench("--trials", "1", "2", "--profile", "1", "--steps", "2")
     # each run's timing, then its profile, as soon as each is known; the pair's line last
     assert [(x.get("run"), "profile" in x) for x in lines] == [("trials_1", False), ("trials_1", True),
                                                                ("trials_2", False), ("trials_2", True), (None, False)]
@@ -59,12 +58,6 @@ def test_speed_bench_trials_and_profile():
 
 def test_speed_bench_measures_methods_beside_kd():
     """`--methods`: each method measured in the same run as KD, with its ratio to KD's images/s."""
-    import json
-    import subprocess
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--pairs", "resnet8:resnet8",
-                           "--methods", "crd", "hint", "--steps", "1", "--warmup", "1", "--batch", "8",
-                           "--images", "64", "--workers", "0"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    line = json.loads(done.stdout.strip().splitlines()[-1])
+    line = speed_bench("--methods", "crd", "hint", "--steps", "1")[-1]
     assert set(line["methods_vs_kd"]) == {"kd", "crd", "hint"} and line["methods_vs_kd"]["kd"] == 1.0
     assert all(line[f"method_{m}"]["images_per_s"] > 0 for m in ("kd", "crd", "hint"))
