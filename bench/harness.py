@@ -9,8 +9,7 @@ import torch
 
 from dataset import GPULoader, build_torchvision_loaders
 from dataset.cifar import CifarArrays
-from distiller import Distiller, method_class
-from engine.config import build_options
+from distiller import Distiller, build_options, method_class
 from engine.data import DeviceBatches, TrainBatches
 from engine.group import train_parts
 from engine.replicas import SingleTrial, StackedTrials

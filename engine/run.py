@@ -47,7 +47,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run(opt: dict[str, Any], cmd: Command) -> None:
-    """Train the trials `cmd` names as `opt` (engine.config.build_options) says."""
+    """Train the trials `cmd` names as `opt` (distiller.build_options) says."""
     quiet_library_warnings()
     rank, world = distributed.setup()
     progress = Progress(opt["epochs"], 0, enabled=rank == 0 and not cmd.quiet)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from distiller import method_class
+from distiller import build_options, method_class
 from engine import parallel
-from engine.config import build_options
 from engine.step import build_optimizer, train_step
 from models import build_model
 from utils import distributed

@@ -6,9 +6,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distiller import CoCoRD
+from distiller import CoCoRD, build_options
 from engine import parallel
-from engine.config import build_options
 from engine.step import build_optimizer, train_step
 from models import build_model
 from utils import distributed

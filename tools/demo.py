@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 from dataset import write_demo_cifar
-from distiller import method_class
-from engine.config import load_options
+from distiller import load_options, method_class
 from engine.trial import experiment_folder
 
 ROOT = Path(__file__).resolve().parents[1]
