@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dataset import write_demo_cifar
 from distiller import load_options, method_class
-from engine.trial import experiment_folder
+from engine.checkpoint import experiment_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
