@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     if not args.quiet and first_process:
         for note in notes:
             print(note, file=sys.stderr)
-    from engine.config import complete_options
+    from distiller import complete_options
     from engine.plan import Command
     from engine.run import USER_ERRORS, Interrupted, run
     from engine.trainer import TrainingDiverged

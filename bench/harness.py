@@ -1,5 +1,5 @@
 """What the bench scripts share: runs of a method (CoCoRD unless said) built the way the trainer builds them
-(engine.group, engine.step), on random CIFAR-sized data, so that what is measured and compared is the real step."""
+(engine.step), on random CIFAR-sized data, so that what is measured and compared is the real step."""
 from __future__ import annotations
 
 import copy
@@ -9,12 +9,11 @@ import torch
 
 from dataset import GPULoader, build_torchvision_loaders
 from dataset.cifar import CifarArrays
-from distiller import Distiller, method_class
-from engine.config import build_options
+from distiller import Distiller, build_options, method_class
 from engine.data import DeviceBatches, TrainBatches
-from engine.group import train_parts
+from engine.machine import Speed
 from engine.replicas import SingleTrial, StackedTrials
-from engine.step import Speed, Step
+from engine.step import Step, train_parts
 from models import build_model
 from utils.meter import DeviceMeter
 
@@ -65,7 +64,7 @@ def make_methods(opt: dict[str, Any], trials: int, device: torch.device, dtype: 
 
 def make_step(methods: list[Distiller], opt: dict[str, Any], speed: Speed, device: torch.device
               ) -> tuple[SingleTrial | StackedTrials, torch.optim.Optimizer, DeviceMeter, Step]:
-    """One trial through its method, several stacked, and what trains them: as engine.group builds them."""
+    """One trial through its method, several stacked, and what trains them: as engine.step builds them."""
     fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
     methods = [m.to(memory_format=fmt) for m in methods]
     replicas = (SingleTrial(methods[0]) if len(methods) == 1

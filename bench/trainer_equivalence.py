@@ -24,11 +24,11 @@ import torch
 from harness import SMALL_HEADS, make_methods, on_device, options, random_arrays, rel
 
 from dataset import GPULoader, GPUTestLoader
+from engine.checkpoint import Trial, TrialPaths
 from engine.data import TrainBatches
-from engine.group import group_builder
-from engine.step import Speed
-from engine.trainer import TIMING_KEYS, RunContext, Trainer, Trial
-from engine.trial import TrialPaths
+from engine.machine import Speed
+from engine.step import group_builder
+from engine.trainer import TIMING_KEYS, RunContext, Trainer
 from utils.progress import Progress
 from utils.rng import TrialRNG
 

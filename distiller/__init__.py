@@ -1,12 +1,22 @@
 """Distillation methods: one file each, registered under its `distill:` name.
 
 Every module in this folder is imported here, so a new method is one new file: it registers itself and
-declares its options, logged terms and state (see distiller/base.py); nothing else needs to change.
+declares its options, logged terms and state (see distiller/base.py); nothing else needs to change. A run's
+options are the common keys joined with the chosen method's own: `build_options`, `load_options`.
 """
 import importlib
 import pkgutil
 
-from distiller.base import METHODS, Distiller, method_class, option_schema, register
+from distiller.base import (
+    METHODS,
+    Distiller,
+    build_options,
+    complete_options,
+    load_options,
+    method_class,
+    option_schema,
+    register,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
@@ -14,4 +24,5 @@ for _module in pkgutil.iter_modules(__path__):
 
 from distiller.cocord import CoCoRD  # noqa: E402  (the name users of the published code import)
 
-__all__ = ["METHODS", "CoCoRD", "Distiller", "method_class", "option_schema", "register"]
+__all__ = ["METHODS", "CoCoRD", "Distiller", "build_options", "complete_options", "load_options", "method_class",
+           "option_schema", "register"]

@@ -19,7 +19,6 @@ from dataset import (
     build_torchvision_loaders,
     load_cifar100,
 )
-from engine.step import Speed
 
 
 class DeviceBatches:
@@ -89,10 +88,12 @@ class TrainBatches:
                 yield [torch.stack(vs) for vs in zip(*views)], torch.stack(labels), torch.stack(index)
 
 
-def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: Speed, trials: int = 1,
-               rank: int = 0, world_size: int = 1, min_batch: int = 1) -> tuple[TrainBatches, Any]:
+def build_data(opt: dict[str, Any], n_views: int, device: torch.device, loader: str, trials: int = 1,
+               rank: int = 0, world_size: int = 1, min_batch: int = 1, channels_last: bool = False
+               ) -> tuple[TrainBatches, Any]:
     """(training batches of `trials` trials, test batches) for the options' dataset; `min_batch`: the smallest
-    batch the method trains on."""
+    batch the method trains on; `loader` (gpu | torchvision) and `channels_last`: the speed settings the run
+    uses."""
     workers, pin = opt["num_workers"], opt["pin_memory"] and device.type == "cuda"
     sampler = _distributed_sampler(rank, world_size) if world_size > 1 else None
     if opt["dataset"] == "imagenet":
@@ -101,19 +102,19 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: S
             generator = torch.Generator()
             train, test = build_imagenet_loaders(opt["data_folder"], opt["batch_size"], n_views, workers, pin,
                                                  sampler_factory=sampler, generator=generator)
-            loaders.append(DeviceBatches(train, device, speed.channels_last, generator))
-        test = DeviceBatches(test, device, speed.channels_last)
+            loaders.append(DeviceBatches(train, device, channels_last, generator))
+        test = DeviceBatches(test, device, channels_last)
         test.sharded = world_size > 1  # each rank a part of the validation set: the trainer sums the totals
         return TrainBatches(loaders, torch.as_tensor(loaders[0].loader.dataset.targets)), test
     arrays = load_cifar100(opt["data_folder"], download=opt["download"])
     check_labels(arrays.train_labels, arrays.test_labels, opt["n_cls"])
     check_trainable(len(arrays.train_labels), min_batch, world_size, opt["distill"])
-    if speed.loader == "gpu":
+    if loader == "gpu":
         loaders = [GPULoader(arrays.train_images, arrays.train_labels, opt["batch_size"], n_views, device,
-                             channels_last=speed.channels_last, rank=rank, world_size=world_size)]
+                             channels_last=channels_last, rank=rank, world_size=world_size)]
         loaders += [loaders[0].sibling() for _ in range(trials - 1)]
         test = GPUTestLoader(arrays.test_images, arrays.test_labels, opt["batch_size"], device,
-                             channels_last=speed.channels_last)
+                             channels_last=channels_last)
         return TrainBatches(loaders, arrays.train_labels), test
     loaders = []
     for _ in range(trials):
@@ -121,8 +122,8 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, speed: S
         train_sampler = sampler(range(len(arrays.train_labels))) if sampler else None
         train, test = build_torchvision_loaders(arrays, opt["batch_size"], n_views, workers, pin,
                                                 generator=generator, sampler=train_sampler)
-        loaders.append(DeviceBatches(train, device, speed.channels_last, generator))
-    return TrainBatches(loaders, arrays.train_labels), DeviceBatches(test, device, speed.channels_last)
+        loaders.append(DeviceBatches(train, device, channels_last, generator))
+    return TrainBatches(loaders, arrays.train_labels), DeviceBatches(test, device, channels_last)
 
 
 def _distributed_sampler(rank: int, world_size: int):

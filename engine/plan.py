@@ -1,5 +1,6 @@
 """Everything a run decides before it writes anything: its options (a resume's come from its checkpoint),
-trials, device, speed settings and teacher, each checked, so that bad input stops with one line."""
+trials, device, speed settings and teacher (its architecture, named or read from the checkpoint, and its
+weights, checked on load), each checked, so that bad input stops with one line."""
 from __future__ import annotations
 
 import os
@@ -10,14 +11,10 @@ from typing import Any
 import torch
 
 from distiller import Distiller, method_class
-from engine.machine import check_memory, effective_speed, effective_workers, select_device, set_cudnn
-from engine.resume import FolderPlan, kept_overrides, resume_options
-from engine.step import Speed
-from engine.teacher import fingerprint, load_checked_teacher, resolve_teacher_model
-from engine.trainer import Trial
-from engine.trial import (
+from engine.checkpoint import (
     ResumeError,
     RunState,
+    Trial,
     TrialPaths,
     check_resumable_files,
     experiment_folder,
@@ -26,8 +23,17 @@ from engine.trial import (
     resume_target,
     trained_evidence,
 )
-from engine.writing import folder_state
-from models import model_dict, unknown_model_message
+from engine.folders import FolderPlan, folder_state, kept_overrides, resume_options
+from engine.machine import (
+    Speed,
+    check_memory,
+    effective_speed,
+    effective_workers,
+    select_device,
+    set_cudnn,
+    tensor_fingerprint,
+)
+from models import CheckpointError, ZooModel, detect_architecture, load_teacher, model_dict, unknown_model_message
 from options.schema import COMMON, OptionsError, merge_schemas
 from options.settings import fields, flatten, unflatten
 from utils import distributed
@@ -241,3 +247,38 @@ def _check_same_teacher(plan: Plan) -> None:
                               f"(its weights differ); resume with the run's, {ckpt['options']['path']['teacher']}")
 
 
+def resolve_teacher_model(opt: dict[str, Any]) -> dict[str, Any]:
+    """`teacher_model: auto` becomes the architecture the teacher checkpoint holds."""
+    if opt["teacher_model"] != "auto":
+        return opt
+    if not opt["path"]["teacher"]:
+        raise OptionsError("teacher_model: auto reads the architecture from path.teacher, which is empty; "
+                           "set path.teacher to a checkpoint")
+    return {**opt, "teacher_model": detect_architecture(opt["path"]["teacher"], opt["n_cls"])}
+
+
+def load_checked_teacher(opt: dict[str, Any]) -> ZooModel:
+    """The teacher, frozen, in eval mode; refused if its weights hold NaN or infinite values or a BatchNorm
+    variance below zero (a damaged file would otherwise show as a NaN loss at the first step)."""
+    if not opt["path"]["teacher"]:
+        raise OptionsError(f"distill: {opt['distill']} needs a teacher: set path.teacher to a checkpoint")
+    teacher = load_teacher(opt["path"]["teacher"], opt["teacher_model"], opt["n_cls"])
+    for name, value in teacher.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"teacher checkpoint {opt['path']['teacher']} holds NaN or infinite values in "
+                                  f"{name}; it is damaged: fetch or train it again")
+        if name.endswith("running_var") and bool((value < 0).any()):
+            raise CheckpointError(f"teacher checkpoint {opt['path']['teacher']} holds a negative BatchNorm variance "
+                                  f"in {name}; it is damaged: fetch or train it again")
+    return teacher
+
+
+def fingerprint(model: torch.nn.Module) -> float:
+    """A number that changes with any weight: a resume checks it is given the same teacher."""
+    return float(sum(tensor_fingerprint(t) for t in model.state_dict().values() if t.numel()))
+
+
+def check_teacher_outputs(opt: dict[str, Any], test: dict[str, float]) -> None:
+    if not all(map(lambda v: v == v and abs(v) != float("inf"), test.values())):
+        raise CheckpointError(f"teacher checkpoint {opt['path']['teacher']} gives NaN or infinite outputs on the "
+                              "test set; it is damaged or was trained on other data")

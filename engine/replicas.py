@@ -7,21 +7,24 @@ trial's own views; everything else stays per trial. A convolution whose weights 
 grouped convolution, a linear layer one batched matmul: bigger kernels, fewer of them.
 
 Both kinds answer the same questions, so the trainer never asks which it has: what SGD trains, what trial k
-checkpoints (in exactly a single run's format), and what the students predict.
+checkpoints (in exactly a single run's format), and what the students predict. Also here: the test of one
+network or of every trial's student (loss, top-1, top-5), in eval mode.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from distiller import Distiller
-from engine import parallel
-from engine.evaluation import in_eval_mode
-from utils.meter import DeviceMeter
+from engine.machine import sync_epoch
+from utils.meter import DeviceMeter, topk_hits
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class SingleTrial:
@@ -35,7 +38,7 @@ class SingleTrial:
     def end_epoch(self, meter: DeviceMeter) -> None:
         """Under torchrun: statistics and BatchNorm buffers agreed across processes, which are then compared."""
         if self.ddp:
-            parallel.sync_epoch(self.method, meter)
+            sync_epoch(self.method, meter)
 
     def trained_parameters(self) -> list[torch.Tensor]:
         return self.method.trainable_parameters()
@@ -144,3 +147,44 @@ class StackedTrials(nn.Module):
         weights = {name.removeprefix("student."): t for name, t in self.state.items() if name.startswith("student.")}
         each = vmap(lambda w, images: functional_call(student, w, (images,), tie_weights=False), in_dims=(0, None))
         return in_eval_mode(student, lambda images: each(weights, images))
+
+
+def in_eval_mode(module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`fn` run with `module` in eval mode, its mode restored after."""
+    def run(images: torch.Tensor) -> torch.Tensor:
+        was = module.training
+        module.eval()
+        try:
+            return fn(images)
+        finally:
+            module.train(was)
+    return run
+
+
+@torch.no_grad()
+def evaluate_trials(logits_of: Callable[[torch.Tensor], torch.Tensor], batches: Batches,
+                    reduce: Callable[[torch.Tensor], None] | None = None) -> list[dict[str, float]]:
+    """Per trial: loss and top-1/top-5 (%), from `logits_of(images)` shaped [trials, B, classes]; one host
+    read at the end. `reduce` sums the totals across processes when each saw a shard of the test set."""
+    totals = None
+    for images, labels in batches:
+        logits = logits_of(images)
+        n, batch = logits.shape[0], labels.shape[0]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.repeat(n), reduction="none").view(n, batch)
+        hits = topk_hits(logits, labels.expand(n, batch))
+        count = torch.full((n, 1), batch, dtype=torch.float64, device=labels.device)
+        step = torch.cat([loss.double().sum(1, keepdim=True), hits.double(), count], dim=1)
+        totals = step if totals is None else totals + step
+    if totals is None:
+        raise ValueError("the test set is empty")
+    if reduce is not None:
+        reduce(totals)
+    return [{"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count}
+            for loss, top1, top5, count in totals.tolist()]
+
+
+def evaluate(model: torch.nn.Module, batches: Batches, reduce: Callable[[torch.Tensor], None] | None = None
+             ) -> dict[str, Any]:
+    """One network's test loss and accuracy, in eval mode."""
+    return evaluate_trials(in_eval_mode(model, lambda images: model(images).unsqueeze(0)), batches, reduce)[0]

@@ -14,24 +14,24 @@ import torch
 
 from dataset import DataError
 from distiller import Distiller
+from engine.checkpoint import ResumeError, recorded_teacher_acc, saved_epoch
 from engine.data import TrainBatches, build_data
-from engine.evaluation import evaluate
-from engine.group import group_builder
-from engine.machine import quiet_library_warnings
-from engine.plan import Command, Plan, check
-from engine.resume import FolderPlan, plan_folder
-from engine.teacher import check_teacher_outputs
-from engine.trainer import RunContext, Trainer, TrainingDiverged
-from engine.trial import ResumeError, recorded_teacher_acc, saved_epoch
-from engine.writing import (
+from engine.folders import (
     FolderBusy,
+    FolderPlan,
     check_unchanged,
     complete_resumed,
     lock_trials,
     network_summary,
+    plan_folder,
     prepare_folder,
     record_run,
 )
+from engine.machine import quiet_library_warnings
+from engine.plan import Command, Plan, check, check_teacher_outputs
+from engine.replicas import evaluate
+from engine.step import group_builder
+from engine.trainer import RunContext, Trainer, TrainingDiverged
 from models import CheckpointError, build_model
 from options.schema import OptionsError
 from utils import distributed
@@ -47,7 +47,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run(opt: dict[str, Any], cmd: Command) -> None:
-    """Train the trials `cmd` names as `opt` (engine.config.build_options) says."""
+    """Train the trials `cmd` names as `opt` (distiller.build_options) says."""
     quiet_library_warnings()
     rank, world = distributed.setup()
     progress = Progress(opt["epochs"], 0, enabled=rank == 0 and not cmd.quiet)
@@ -55,8 +55,9 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
         progress.log(note)
     with distributed.agreed(USER_ERRORS):  # under torchrun, a refusal stops every process, each at once
         plan = check(opt, cmd, world, progress)
-        train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed,
-                                                 len(plan.trials), rank, world, plan.method_cls.min_batch)
+        train_batches, test_batches = build_data(plan.opt, plan.method_cls.n_views, plan.device, plan.speed.loader,
+                                                 len(plan.trials), rank, world, plan.method_cls.min_batch,
+                                                 channels_last=plan.speed.channels_last)
     locks = []
     try:
         with distributed.agreed(USER_ERRORS):

@@ -3,33 +3,21 @@
 `train_step` is the only definition of a step: forward (everything a method updates in it included),
 backward, SGD, statistics. `build_step` wraps it as the speed settings say; the `Step` it returns owns what
 a learning-rate change needs (SGD bakes the float into a captured graph, so the graph is captured again).
+A `Group` is the trials that train one epoch together, with what trains them (replicas, SGD, step, statistics).
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from engine import parallel
+from distiller import Distiller
+from engine.machine import Speed, wrap_ddp
 from engine.replicas import SingleTrial, StackedTrials
 from utils.meter import DeviceMeter
-
-
-@dataclass(frozen=True)
-class Speed:
-    """The speed settings a run really uses (the options ask; the machine and the run decide)."""
-    loader: str = "torchvision"  # gpu | torchvision
-    cuda_graph: bool = False
-    compile: bool = False
-    channels_last: bool = False
-    streams: bool = False
-    amp: bool = False  # bf16 autocast: changes the maths
-
-    def as_options(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_optimizer(params: list[torch.Tensor], opt: dict[str, Any], lr: float | None = None) -> torch.optim.SGD:
@@ -159,7 +147,7 @@ class InitStep:
         params = [p for m in method.init_modules() for p in m.parameters()]
         self.optimizer = build_optimizer(params, opt, lr=type(method).init_learning_rate(opt))
         module = _InitForward(method)
-        self.module = parallel.wrap(module, device) if distributed else module
+        self.module = wrap_ddp(module, device) if distributed else module
 
     def start_epoch(self) -> None:
         self.method.init_train()
@@ -173,3 +161,47 @@ def _raise_recompile_limit() -> None:
     import torch._dynamo
     # The zoo's networks share one forward: every part, mode and batch size is a recompilation of it.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+
+
+@dataclass
+class Group:
+    """The trials that train one epoch together, and what trains them (replicas, SGD, step, statistics)."""
+    trials: list[Any]  # engine.checkpoint.Trial
+    replicas: SingleTrial | StackedTrials
+    optimizer: torch.optim.Optimizer
+    step: Step
+    meter: DeviceMeter
+    batches: Any  # engine.data.TrainBatches
+
+
+def train_parts(replicas: SingleTrial | StackedTrials, method_cls: type[Distiller], opt: dict[str, Any],
+                speed: Speed, device: torch.device, optimizer_states: list[dict[str, Any]] | None = None
+                ) -> tuple[torch.optim.Optimizer, DeviceMeter, Step]:
+    """SGD over what `replicas` train (from the trials' saved optimizer states, if any), the statistics, and the
+    step the speed settings make: for the trainer here and for the bench scripts."""
+    optimizer = build_optimizer(replicas.trained_parameters(), opt)
+    if optimizer_states is not None:
+        replicas.load_optimizer_states(optimizer, optimizer_states)
+    meter = DeviceMeter(method_cls.accuracy_outputs, device, replicas.n)
+    return optimizer, meter, build_step(replicas, optimizer, meter, speed, device, opt["batch_size"])
+
+
+def group_builder(methods: list[Distiller], all_trials: list[Any], opt: dict[str, Any], speed: Speed,
+                  device: torch.device, train_batches: Any, distributed: bool = False
+                  ) -> Callable[[list[Any]], Group]:
+    """`build(members)` makes the group of those trials from the states they last saved (`trial.saved`): a
+    run of one trial trains its method object itself (wrapped for torchrun), several are stacked.
+    `train_batches`: every trial's training batches (engine.data.TrainBatches)."""
+    numbers = [t.paths.number for t in all_trials]
+
+    def build(members: list[Any]) -> Group:
+        if len(all_trials) == 1:
+            method = methods[0]
+            replicas = SingleTrial(method, wrap_ddp(method, device) if distributed else None)
+        else:
+            replicas = StackedTrials(methods[0], [t.saved[0] for t in members], speed.channels_last)
+        saved = [t.saved[1] for t in members] if members[0].saved[1] is not None else None
+        optimizer, meter, step = train_parts(replicas, type(methods[0]), opt, speed, device, saved)
+        batches = train_batches.subset([numbers.index(t.paths.number) for t in members])
+        return Group(members, replicas, optimizer, step, meter, batches)
+    return build

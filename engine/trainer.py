@@ -15,35 +15,17 @@ from typing import Any
 
 import torch
 
-from engine.evaluation import evaluate_trials
-from engine.group import Group
-from engine.step import InitStep, lr_at
-from engine.trial import RunState, TrialPaths, make_checkpoint, save_epoch
+from engine.checkpoint import Trial, make_checkpoint, save_epoch
+from engine.replicas import evaluate_trials
+from engine.step import Group, InitStep, lr_at
 from utils.files import DiskError
 from utils.progress import Progress
-from utils.rng import TrialRNG
 
 TIMING_KEYS = ("seconds", "test_seconds", "images_per_s")  # an epoch's history entries that measure the machine
 
 
 class TrainingDiverged(RuntimeError):
     """A trial's loss stopped being finite; the message names the trial, the term, the epoch and the step."""
-
-
-@dataclass
-class Trial:
-    """One trial of a run: its folder, random state and progress, and the state it last saved."""
-    paths: TrialPaths
-    seed: int
-    rng: TrialRNG
-    state: RunState = field(default_factory=RunState)
-    saved: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None  # (method, optimizer) states
-    writer: Any = None  # a TensorBoard SummaryWriter on the main process
-    diverged: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"trial {self.paths.number}"
 
 
 @dataclass

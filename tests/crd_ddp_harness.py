@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from distiller import method_class
-from engine import parallel
-from engine.config import build_options
+from distiller import build_options, method_class
+from engine.machine import wrap_ddp
 from engine.step import build_optimizer, train_step
 from models import build_model
 from utils import distributed
@@ -25,7 +24,7 @@ torch.manual_seed(0)  # every process the same seed: models, embeddings, memory 
 method = method_class("crd")(build_model("resnet8", 10), build_model("resnet8", 10), opt, train_labels=train_labels)
 method.train()
 method.student.eval()
-module = parallel.wrap(method, torch.device("cpu")) if world > 1 else method
+module = wrap_ddp(method, torch.device("cpu")) if world > 1 else method
 optimizer = build_optimizer(method.trainable_parameters(), opt)
 data = torch.Generator().manual_seed(100)  # the same 16 samples everywhere; each rank takes its half
 for step in range(3):

@@ -6,9 +6,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distiller import CoCoRD
-from engine import parallel
-from engine.config import build_options
+from distiller import CoCoRD, build_options
+from engine.machine import sync_epoch, wrap_ddp
 from engine.step import build_optimizer, train_step
 from models import build_model
 from utils import distributed
@@ -20,7 +19,7 @@ opt = build_options({"student_model": "resnet8", "teacher_model": "resnet14", "b
 rank, world = distributed.setup()
 torch.manual_seed(0)  # every rank the same seed: models, heads and queue start identical
 method = CoCoRD(build_model("resnet8", 10), build_model("resnet14", 10), opt).train()
-ddp = parallel.wrap(method, torch.device("cpu"))
+ddp = wrap_ddp(method, torch.device("cpu"))
 optimizer = build_optimizer(method.trainable_parameters(), opt)
 meter = DeviceMeter(method.accuracy_outputs, torch.device("cpu"))
 keys = []
@@ -35,6 +34,6 @@ for step in range(4):
     if step == 0:
         saved.update(keys=keys[0].clone(), queue_after_first=method.queue.clone(), ptr=int(method.queue_ptr))
 saved["parameters"] = {k: v.clone() for k, v in method.named_parameters() if not k.startswith("teacher.")}
-parallel.sync_epoch(method, meter)  # the epoch end: BatchNorm statistics from rank 0, statistics reduced, compared
+sync_epoch(method, meter)  # the epoch end: BatchNorm statistics from rank 0, statistics reduced, compared
 saved.update(state=method.checkpoint_state(), images=meter.read()[0]["images"])
 torch.save(saved, out / f"rank{rank}.pt")

@@ -10,9 +10,8 @@ from conftest import ROOT
 from helpers import main_env
 from test_host_reads import HostReads
 
-from distiller import method_class
+from distiller import build_options, method_class
 from distiller.crd import NegativeSampler
-from engine.config import build_options
 from engine.step import build_optimizer, train_step
 from models import build_model
 from options.schema import OptionsError

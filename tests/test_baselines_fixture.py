@@ -19,8 +19,7 @@ import torch
 from conftest import FIXTURES
 from torch import nn
 
-from distiller import Distiller, method_class
-from engine.config import build_options
+from distiller import Distiller, build_options, method_class
 from engine.step import build_optimizer, train_step
 from models import build_model
 

@@ -4,8 +4,7 @@ import torch
 from conftest import FIXTURES
 from helpers import rel_err
 
-from distiller import CoCoRD
-from engine.config import build_options
+from distiller import CoCoRD, build_options
 from engine.step import build_optimizer, train_step
 from models import build_model
 

@@ -5,7 +5,6 @@ import torch
 
 from dataset import CifarArrays, build_torchvision_loaders, load_cifar100, make_tiny_cifar, write_demo_imagefolder
 from engine.data import build_data
-from engine.step import Speed
 
 N_TRAIN = 99  # one label per image (100 classes), so a label names its image; 99: a partial last batch, and
 # two ranks that need one repeated index
@@ -37,7 +36,7 @@ def _epoch(batches, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("trials", [1, 2])
 @pytest.mark.parametrize("loader", ["gpu", "torchvision"])
 def test_each_index_once_per_epoch_with_its_label(unique_labels, loader, trials):
-    batches, _ = build_data(_options(unique_labels), 2, torch.device("cpu"), Speed(loader=loader), trials=trials)
+    batches, _ = build_data(_options(unique_labels), 2, torch.device("cpu"), loader, trials=trials)
     assert batches.n_data == N_TRAIN
     train_labels = load_cifar100(unique_labels).train_labels
     index, labels = _epoch(batches, [5, 6][:trials])
@@ -53,7 +52,7 @@ def test_each_index_once_per_epoch_with_its_label(unique_labels, loader, trials)
 def test_two_ranks_indices_cover_the_training_set(unique_labels, loader):
     per_rank = []
     for rank in range(2):
-        batches, _ = build_data(_options(unique_labels), 1, torch.device("cpu"), Speed(loader=loader),
+        batches, _ = build_data(_options(unique_labels), 1, torch.device("cpu"), loader,
                                 rank=rank, world_size=2)
         assert batches.n_data == N_TRAIN  # the whole set's size, not a rank's share
         per_rank.append(_epoch(batches, [3])[0])
@@ -81,7 +80,7 @@ def test_cpu_loader_views_labels_and_index_are_of_one_image():
 def test_imagenet_batches_carry_indices(tmp_path):
     write_demo_imagefolder(str(tmp_path), num_classes=3, per_class=3, size=40, seed=0)
     opt = {**_options(str(tmp_path)), "dataset": "imagenet", "batch_size": 4}
-    batches, _ = build_data(opt, 1, torch.device("cpu"), Speed(), trials=2)
+    batches, _ = build_data(opt, 1, torch.device("cpu"), "torchvision", trials=2)
     assert batches.n_data == 9
     index, labels = _epoch(batches, [1, 2])
     targets = torch.tensor(batches.loaders[0].loader.dataset.targets)

@@ -21,7 +21,7 @@ from helpers import run_main, save_crd_checkpoint, tiny_options, write_yaml
 
 from dataset import build_imagenet_loaders, write_demo_imagefolder
 from dataset.constants import CIFAR100_MEAN, CIFAR100_STD
-from engine.evaluation import evaluate
+from engine.replicas import evaluate
 from models import build_model
 
 EVALUATE = ROOT / "tools" / "evaluate.py"

@@ -4,8 +4,7 @@ import pytest
 from helpers import TINY_COCORD_NAME, run_main, tiny_options, write_yaml
 from main_batch import run_batch
 
-from distiller import method_class
-from engine.config import build_options
+from distiller import build_options, method_class
 from options.common import COMMON
 from options.schema import OptionsError
 from options.settings import fields, result_settings

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(ROOT / "bench"))
 import harness  # noqa: E402
 
-from engine.step import Speed  # noqa: E402
+from engine.machine import Speed  # noqa: E402
 
 READS = {"aten._local_scalar_dense.default",  # .item(), float(t), bool(t)
          "aten.is_nonzero.default",

@@ -15,7 +15,7 @@ from conftest import ROOT
 from helpers import run_main, tiny_options, write_yaml
 from test_tools import result, run_tool, table_rows, write_run
 
-from engine.resume import _read_options
+from engine.folders import _read_options
 from utils.trialfiles import TrialFileRefused, read_trial_options, read_trial_results
 
 PLOT = ROOT / "tools" / "plot.py"

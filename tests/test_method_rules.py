@@ -19,8 +19,7 @@ import torch
 from conftest import ROOT
 from test_host_reads import HostReads
 
-from distiller import METHODS
-from engine.config import build_options
+from distiller import METHODS, build_options
 from engine.replicas import StackedTrials
 from engine.step import build_optimizer, train_step
 from models import build_model

@@ -6,8 +6,7 @@ import yaml
 from conftest import ROOT
 from helpers import TINY_NAME, run_main, tiny_options, write_yaml
 
-from distiller import CoCoRD
-from engine.config import build_options, load_options
+from distiller import CoCoRD, build_options, load_options
 from options.schema import COMMON, OptionsError, defaults, merge_schemas, parse_overrides
 from utils.progress import Progress
 

@@ -16,7 +16,7 @@ import yaml
 from helpers import run_main
 
 import main
-from engine.config import build_options as build_run_options
+from distiller import build_options as build_run_options
 from options import yamlfile
 from options.schema import (
     COMMON,

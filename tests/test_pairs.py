@@ -5,8 +5,7 @@ import yaml
 from conftest import ROOT
 from helpers import TINY_COCORD
 
-from distiller import CoCoRD
-from engine.config import build_options
+from distiller import CoCoRD, build_options
 from engine.step import build_optimizer, train_step
 from models import build_model
 

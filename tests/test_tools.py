@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from engine.config import load_options
+from distiller import load_options
 
 SUMMARIZE = ROOT / "tools" / "summarize.py"
 PAPER = ROOT / "tools" / "paper_results.yml"

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 from dataset import write_demo_cifar
-from distiller import method_class
-from engine.config import load_options
-from engine.trial import experiment_folder
+from distiller import load_options, method_class
+from engine.checkpoint import experiment_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

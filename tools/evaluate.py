@@ -23,7 +23,7 @@ import torch
 
 from dataset import DataError, GPUTestLoader, build_imagenet_loaders, load_cifar100
 from dataset.constants import CIFAR_FOLDER
-from engine.evaluation import evaluate
+from engine.replicas import evaluate
 from models import CheckpointError, load_teacher, match_architectures, read_state_dict
 from utils.trialfiles import TrialFileRefused, read_trial_options
 

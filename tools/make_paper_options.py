@@ -95,8 +95,7 @@ def builds(text: str) -> bool:
     """Whether the method of an options text can be built for its pair (FSP needs equal channels)."""
     import torch
 
-    from distiller import method_class
-    from engine.config import build_options
+    from distiller import build_options, method_class
     from models import build_model
     from options.schema import OptionsError
     opt = build_options(yaml.safe_load(text))

@@ -1,1 +1,1 @@
-"""Small general helpers: files written atomically, locks, meters, progress, provenance, processes."""
+"""Small general helpers: files written atomically, locks, meters, progress, random state, processes."""

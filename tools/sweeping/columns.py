@@ -128,7 +128,7 @@ def check_columns(columns: list[Column]) -> None:
             build_options(given[column.source], column.overrides, partial=method_key_names() or True)
     except OptionsError as err:
         raise SweepError(f"{_which(column)}: {err}") from None
-    from engine.config import build_options as build_run_options  # imports torch and the methods
+    from distiller import build_options as build_run_options  # imports torch and the methods
     try:
         for column in columns:
             column.epochs = build_run_options(given[column.source], column.overrides)["epochs"]

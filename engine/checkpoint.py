@@ -1,4 +1,5 @@
-"""A trial's folder and the files in it: where each lives, how an epoch's files are written, how they are read.
+"""A trial and its checkpoint: the trial's folder and the files in it, where each lives, how an epoch's files are
+written, how they are read, and what a resume may continue from.
 
     experiments/<experiment>/trial_<t>/
         options.yml  run.json  train.log  network_summary.txt  results.json  events.out.tfevents.*
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from utils.files import atomic_save, atomic_write_text
+from utils.rng import TrialRNG
 
 
 class ResumeError(ValueError):
@@ -53,6 +55,22 @@ class TrialPaths:
     @property
     def number(self) -> int:
         return int(self.folder.name.removeprefix("trial_"))
+
+
+@dataclass
+class Trial:
+    """One trial of a run: its folder, random state and progress, and the state it last saved."""
+    paths: TrialPaths
+    seed: int
+    rng: TrialRNG
+    state: RunState = field(default_factory=RunState)
+    saved: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None  # (method, optimizer) states
+    writer: Any = None  # a TensorBoard SummaryWriter on the main process
+    diverged: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.paths.number}"
 
 
 def experiment_folder(opt: dict[str, Any], default_name: str) -> Path:
