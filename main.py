@@ -23,8 +23,8 @@ def parse_trials(text: str) -> list[int]:
             break
         numbers += range(lo, hi + 1)
     if text == "0":  # the published code's default trial
-        raise argparse.ArgumentTypeError("trials are numbered from 1 here: the published code's trial 0 (its "
-                                         "default) is -t 1, which trains with the options' seed as that run did")
+        raise argparse.ArgumentTypeError("'0' is not a trial list: trials are numbered from 1 here; the published "
+                                         "code's trial 0 (its default) is -t 1, with the options' seed as it had")
     if not numbers or len(set(numbers)) != len(numbers):
         raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a trial list: give a number (3), a range (1-5) or a "
                                          "list (1,2,4) of distinct trials from 1 to 65536, in plain digits")

@@ -1,7 +1,7 @@
 """CoCoRD, exactly as the published code computes one step (docs/method.md).
 
 The step is written so that it can be captured whole in a CUDA graph (no host synchronisation, the queue
-pointer lives on the device) and run for several trials at once under torch.func.vmap (engine/trials.py):
+pointer lives on the device) and run for several trials at once under torch.func.vmap (engine/replicas.py):
 every part reads its tensors when it runs and writes them in place.
 """
 from __future__ import annotations

@@ -58,7 +58,7 @@ SEED_LIMIT = 2**32 - 2**16
 DERIVED = ("trial", "path.exp_root", "path.log", "path.model", "path.state")
 
 # Keys every run has, whatever its method. Each method adds its own keys (its `options`, in its own
-# file under distiller/); `engine.config` checks a file against both.
+# file under distiller/); `distiller.base` (build_options) checks a file against both.
 COMMON: dict[str, Any] = {
     "student_model": Field("resnet20", "str"),
     # `auto` (or absent): the architecture the teacher checkpoint holds. The published files name it (resnet56).

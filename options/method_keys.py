@@ -3,7 +3,7 @@
 Importing the methods imports torch (seconds); `main.py` checks the common keys before that. To report a
 misspelt top-level key at once too, it needs to know which unknown keys could still be a method's: every string
 that is a dict key anywhere in distiller/*.py. Over-inclusive on purpose: a key found here is only deferred to
-the full check (engine.config), never accepted by this one.
+the full check (distiller.base), never accepted by this one.
 """
 from __future__ import annotations
 

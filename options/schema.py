@@ -2,7 +2,7 @@
 
 A file written for the published code runs unchanged; a typo is an error that names the closest valid
 key, never silently ignored. This module imports no torch, so `main.py` checks the common keys at once;
-each method's own keys are declared in its file and joined to these by `engine.config`.
+each method's own keys are declared in its file and joined to these by `distiller.base`.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _merge(where: str, schema: dict[str, Any], base: dict[str, Any], given: Any,
         full = f"{where}.{name}" if where else name
         if key not in schema:
             if partial and not where and (partial is True or key in partial):
-                deferred[key] = value  # perhaps a method's key: checked once the methods are known (engine.config)
+                deferred[key] = value  # perhaps a method's key: checked once the methods are known (distiller.base)
                 continue
             # The names methods may declare (partial) are searched for a close match, never listed: a guess.
             close = did_you_mean(name, list(schema) + sorted(partial)) if isinstance(partial, set) else ""

@@ -323,8 +323,9 @@ def test_main_notes_published_keys_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["options.yml"]
 
 
-def test_the_published_default_trial_0_is_explained():
+def test_the_published_default_trial_0_is_explained(capsys):
     """The published code's default trial is 0; here trials count from 1, and the refusal says which is which."""
     with pytest.raises(SystemExit) as caught:
         main.parse_args(["-opt", "x.yml", "-t", "0"])
     assert caught.value.code == 2
+    assert "published code's trial 0 (its default) is -t 1" in capsys.readouterr().err
