@@ -159,7 +159,7 @@ def test_baseline_steps_match_reference(path: Path):
         if "contrast_idx" in batch:  # CRD's negatives as the reference drew them
             forward = functools.partial(method, contrast_idx=batch["contrast_idx"])
         out = train_step(forward, optimizer, [images(batch)], batch["y"], index_of(method, batch))
-        loss, want = float(out["loss"]), float(step["loss"])
+        loss, want = float(out["loss"].detach()), float(step["loss"])
         assert abs(loss - want) <= TOL * abs(want), f"step {i}: loss {loss!r}, recorded {want!r}"
         check_states(method, step["after"], f"after step {i}")
     assert not method.teacher.training
