@@ -26,7 +26,7 @@ demo: install
 test: dev
 	$(BIN)/python -m pytest -q -n auto tests
 
-test-quick: dev  # no subprocess runs of main.py or torchrun (a minute or two)
+test-quick: dev  # no subprocess runs of main.py or torchrun (about three minutes on 2 cores)
 	$(BIN)/python -m pytest -q -n auto -m "not slow" tests
 
 lint: dev

@@ -1,6 +1,14 @@
 """Shared test setup: the reference fixtures (tests/fixtures) and small real-format data and teachers."""
+import os
 import sys
 from pathlib import Path
+
+# pytest-xdist's workers share the cores: each gives torch its share of them (set before torch is imported), as
+# the processes the tests start take one thread each (helpers.main_env). More threads than cores spin and slow
+# every test many times over.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
