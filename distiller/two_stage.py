@@ -19,25 +19,15 @@ import torch
 from torch import nn
 
 from distiller.base import Distiller
+from distiller.feature_method import probe_features
 from options.schema import NONNEG, Field
 
 INIT_OPTIONS = {"init_epochs": Field(30, "int", *NONNEG)}  # RepDistiller's --init_epochs
-IMAGE_SIZE = {"cifar100": 32, "imagenet": 224}
 
 
-@torch.no_grad()
 def stage_shapes(model: nn.Module, opt: dict[str, Any]) -> list[torch.Size]:
-    """The shapes of `model.forward_stages`' entries for two images, as train_student.py probes them (eval mode;
-    zeros rather than its random images: only the shapes are read, and no random number is drawn)."""
-    was = model.training
-    size = IMAGE_SIZE[opt["dataset"]]
-    first = next(model.parameters())
-    model.eval()
-    try:
-        feats, _ = model.forward_stages(torch.zeros(2, 3, size, size, dtype=first.dtype, device=first.device))
-    finally:
-        model.train(was)
-    return [f.shape for f in feats]
+    """The shapes of `model.forward_stages`' entries, from RepDistiller's probe batch (feature_method.py)."""
+    return [f.shape for f in probe_features(model, opt)]
 
 
 def train_only(method: nn.Module, modules: list[nn.Module]) -> None:

@@ -168,7 +168,7 @@ def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) ->
 def _resume_targets(opt: dict[str, Any], cmd: Command) -> list[TrialPaths]:
     """The trials a resume continues. A run is found by the options that name its folder; a --set of one that a
     resume may change (learning_rate, say) applies to the run found with the file's value, unless a run with
-    the new value exists."""
+    the new value exists. A run started before folder names held the options is found by the published name."""
     if opt["path"]["resume"]:
         if len(cmd.trials) > 1:
             raise OptionsError("path.resume names one trial; to resume several, give -t with --resume")
@@ -180,8 +180,10 @@ def _resume_targets(opt: dict[str, Any], cmd: Command) -> list[TrialPaths]:
     if changed:
         flat = {**flatten(opt), **changed}
         candidates.append(unflatten(flat))
-    for candidate in candidates:
-        folder = experiment_folder(candidate, cls.folder_name(candidate))
+    folders = [experiment_folder(c, cls.folder_name(c)) for c in candidates]
+    if not opt["experiment_name"]:
+        folders.append(experiment_folder(opt, cls.experiment_name(opt)))
+    for folder in folders:
         targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
         if any(p.checkpoint.is_file() for p in targets):
             return targets

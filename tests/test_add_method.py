@@ -33,7 +33,6 @@ from utils.meter import Accuracy
 @register("toy")
 class Toy(Distiller):
     options = {"toy": {"weight": Field(0.5, "float", *NONNEG)}}
-    fixed_options = ("toy.weight",)
     accuracy_outputs = {"acc_train": Accuracy("logits"), "acc_teacher": Accuracy("teacher_logits")}
 
     def __init__(self, student, teacher, opt: dict[str, Any]):

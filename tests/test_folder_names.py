@@ -115,3 +115,19 @@ def test_a_resume_finds_its_run_by_the_options_that_named_it(tmp_path, tiny_cifa
         "_batch_size16"):]) / "trial_1"
     assert (swept / "model" / "ckpt_epoch_2.pth").is_file()
     assert sorted(p.name for p in (tmp_path / "experiments").iterdir()) == [swept.parent.name]
+
+
+@pytest.mark.slow
+def test_a_run_from_before_folder_names_held_options_still_resumes(tmp_path, tiny_cifar, tiny_teacher):
+    """Runs started before folder names held their options live under the published name alone: a resume looks
+    there when the run's own name holds nothing."""
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
+    assert run_main(["-opt", opt], tmp_path).returncode == 0
+    experiments = tmp_path / "experiments"
+    [named] = list(experiments.iterdir())
+    legacy = experiments / "S_resnet8_T_resnet8_cifar100_cocord_ctr1.0cls1.0p4.0"
+    named.rename(legacy)
+    done = run_main(["-opt", opt, "--resume", "--set", "epochs=2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (legacy / "trial_1" / "model" / "ckpt_epoch_2.pth").is_file()
+    assert sorted(p.name for p in experiments.iterdir()) == [legacy.name]
