@@ -95,10 +95,11 @@ def option_schema() -> dict[str, Any]:
 # the chosen method's own (declared in its file under distiller/), each key validated once.
 
 
-def complete_options(common: dict[str, Any], deferred: dict[str, Any]) -> dict[str, Any]:
+def complete_options(common: dict[str, Any], deferred: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
     """`common` as main.py validated it, plus the keys it set aside (`deferred`, raw): those of the chosen method
-    are validated now; those of other methods are dropped (they would do nothing in this run); any other is an
-    error that names the closest valid key."""
+    are validated now; those of other methods are dropped if the options file gave them (one file may serve
+    several methods), refused if `overrides` (the command's --set) did (it would do nothing in this run); any
+    other is an error that names the closest valid key."""
     cls = method_class(common["distill"])
     known = {key for c in METHODS.values() for key in c.options}
     unknown = [key for key in deferred if key not in known]
@@ -108,8 +109,23 @@ def complete_options(common: dict[str, Any], deferred: dict[str, Any]) -> dict[s
             return close if "did you mean" in close else schema.did_you_mean(key, list(common) + list(cls.options))
         raise schema.OptionsError("; ".join(f"unknown option '{schema.show_name(str(k))}'{hint(str(k))}"
                                             for k in unknown))
+    _refuse_other_methods_overrides(cls, overrides)
     own = schema.build_options({k: v for k, v in deferred.items() if k in cls.options}, (), cls.options)
     return {**common, **own, "distill": cls.name}
+
+
+def _refuse_other_methods_overrides(cls: type[Distiller], overrides: list[str]) -> None:
+    """A --set of a key only other methods have would change nothing (a sweep over it would train the same run
+    once per value): refused, naming the methods that have it."""
+    given = [item.partition("=")[0] for item in overrides]
+    foreign = [key for key in given if key.split(".")[0] not in cls.options and key.split(".")[0] not in COMMON]
+    if foreign:
+        def owners(key: str) -> str:
+            names = sorted(n for n, c in METHODS.items() if key.split(".")[0] in c.options)
+            return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise schema.OptionsError("; ".join(
+            f"--set {schema.show_name(key)} would change nothing with distill: {cls.name} (it is an option of "
+            f"{owners(key)}); leave it out, or set distill too" for key in foreign))
 
 
 def build_options(given: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
@@ -117,7 +133,7 @@ def build_options(given: dict[str, Any], overrides: list[str] = ()) -> dict[str,
     method's `check_options`, which the run applies once it knows how many processes share a batch)."""
     deferred: dict[str, Any] = {}
     common = schema.build_options(given, overrides, partial=method_key_names() or True, deferred=deferred)
-    return complete_options(common, deferred)
+    return complete_options(common, deferred, overrides)
 
 
 def load_options(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:

@@ -56,6 +56,7 @@ CASES = [
     ("SyncBatchNorm on the CPU", {"sync_bn": True}, [], ["sync_bn", "CPU"]),
     ("override without '='", {}, ["--set", "epochs"], ["key=value"]),
     ("override of an unknown key", {}, ["--set", "cocord.TT=0.1"], ["cocord.TT", "'T'"]),
+    ("override of another method's key", {}, ["--set", "crd.nce_k=5"], ["crd.nce_k", "nothing", "distill: cocord"]),
     ("bad override value", {}, ["--set", "epochs=-3"], ["epochs", "> 0"]),
     ("resume with nothing to resume", {}, ["--resume"], ["nothing to resume"]),
     ("resume target missing", {"path": {"resume": "no/such/run"}}, [], ["no/such/run"]),
