@@ -155,9 +155,10 @@ def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, A
             continue  # nothing to log: no event file
         from torch.utils.tensorboard import SummaryWriter
         # In a resume, every trial's events past its checkpoint are dropped: also a trial of the group that
-        # starts again, whose first epoch may have been logged before the kill that lost its checkpoint.
-        trial.writer = SummaryWriter(str(trial.paths.folder),
-                                     purge_step=trial.state.epoch + 1 if plan.checkpoints else None)
+        # starts again, whose first epoch (and init stage, logged at steps <= 0) may have been logged before the
+        # kill that lost its checkpoint.
+        first = trial.state.epoch + 1 if trial.state.epoch else 1 - plan.method_cls.init_epochs(plan.opt)
+        trial.writer = SummaryWriter(str(trial.paths.folder), purge_step=first if plan.checkpoints else None)
     progress.log_to([t.paths.log for t in plan.trials])
 
 

@@ -1,0 +1,51 @@
+"""Groups of a method whose trials train one after another (crd, abound, factor, fsp): stopped, diverging or
+resumed as a user would, through main.py on tiny data (16 images: one step per epoch)."""
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from helpers import main_env, run_main, tiny_options, write_yaml
+from test_train_e2e import scalars
+
+from dataset import make_tiny_cifar
+
+pytestmark = pytest.mark.slow
+KILLPOINT = str(ROOT / "tests" / "killpoint.py")
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sequential") / "d16"
+    make_tiny_cifar(str(folder), n_train=16, n_test=16, num_classes=10, seed=0)
+    return str(folder)
+
+
+def options(work, data, teacher, distill, **extra):
+    opt = tiny_options(data, teacher, distill=distill, epochs=1, **extra)
+    del opt["cocord"]
+    return write_yaml(work / f"{distill}.yml", opt)
+
+
+def killed_at(suffix, nth, args, cwd):
+    done = subprocess.run([sys.executable, KILLPOINT, suffix, str(nth), "kill", "--", *args], cwd=cwd,
+                          env=main_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return done
+
+
+def test_a_trial_killed_after_its_init_stage_logs_it_once_after_the_resume(tmp_path, data16, tiny_teacher):
+    """SIGKILL in trial 2's first epoch, after its init stage and first epoch were logged but before its checkpoint:
+    the resume trains it again from the start, and TensorBoard holds each of its steps once (the init stage's
+    steps, <= 0, too)."""
+    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 2})
+    killed_at("trial_2/model/checkpoint.pth.tmp", 1, ["-opt", opt, "-t", "1-2", "--quiet"], tmp_path)
+    trial_2 = next((tmp_path / "experiments").glob("*/trial_2"))
+    assert [s for s, _ in scalars(trial_2)["loss_init/total"]] == [-1, 0]  # logged before the kill
+    done = run_main(["-opt", opt, "-t", "1-2", "--resume", "--quiet"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for trial in (trial_2.parent / "trial_1", trial_2):
+        tags = scalars(trial)
+        assert [s for s, _ in tags["loss_init/total"]] == [-1, 0], trial
+        assert [s for s, _ in tags["loss_train/total"]] == [1], trial
