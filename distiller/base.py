@@ -234,6 +234,12 @@ class Distiller(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        """A state that does not fit raises KeyError or ValueError, whose message says why (the engine shows it)."""
+        own = self.state_dict()
+        for key, value in state.items():
+            if key in own and value.shape != own[key].shape:
+                raise ValueError(f"checkpoint does not fit this method: {key} is {list(value.shape)} there, "
+                                 f"{list(own[key].shape)} here")
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:

@@ -200,6 +200,13 @@ class CRD(Distiller):
     def trainable_modules(self) -> list[nn.Module]:
         return [self.student, self.embed_s, self.embed_t]
 
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        rows = state.get("contrast.memory_v1")
+        if rows is not None and rows.shape[0] != self.n_data:  # a resume on another training set
+            raise ValueError(f"crd keeps one memory row per training image, and the run trained on {rows.shape[0]} "
+                             f"images; this training set holds {self.n_data}: resume with the run's data_folder")
+        super().load_checkpoint_state(state)
+
     def draw_negatives(self, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """This rank's rows of the negatives drawn for the whole (gathered) batch."""
         if not distributed.active():

@@ -114,7 +114,10 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
                 student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
             method = plan.method_cls(student, plan.teacher, opt, **extra_args).to(device=device, memory_format=fmt)
         if ckpt is not None:
-            method.load_checkpoint_state(ckpt["method"])
+            try:
+                method.load_checkpoint_state(ckpt["method"])
+            except (KeyError, ValueError) as err:  # a method state that does not fit: the method says why
+                raise ResumeError(f"cannot resume {trial.paths.folder}: {err.args[0]}") from None
         trial.saved = (method.checkpoint_state(), None if ckpt is None else ckpt["optimizer"])
         methods.append(method)
     extra: dict[str, Any] = {}

@@ -49,3 +49,20 @@ def test_a_trial_killed_after_its_init_stage_logs_it_once_after_the_resume(tmp_p
         tags = scalars(trial)
         assert [s for s, _ in tags["loss_init/total"]] == [-1, 0], trial
         assert [s for s, _ in tags["loss_train/total"]] == [1], trial
+
+
+def test_crd_resumed_on_a_training_set_of_another_size_is_one_line(tmp_path, data16, tiny_teacher):
+    """CRD's memory holds one row per training image: a resume under a data_folder whose training set has another
+    size is refused in one line that says so (not a state_dict size mismatch), and nothing is written."""
+    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    assert run_main(["-opt", opt, "--quiet"], tmp_path).returncode == 0
+    other = tmp_path / "d24"
+    make_tiny_cifar(str(other), n_train=24, n_test=16, num_classes=10, seed=0)
+    trial = next((tmp_path / "experiments").glob("*/trial_1"))
+    before = {p: p.stat().st_mtime_ns for p in trial.rglob("*")}
+    done = run_main(["-opt", opt, "--resume", "--set", f"data_folder={other}", "epochs=2"], tmp_path)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line and line.startswith("error: "), done.stderr
+    assert "16 images" in line and "24" in line and "data_folder" in line, line
+    assert {p: p.stat().st_mtime_ns for p in trial.rglob("*")} == before
