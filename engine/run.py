@@ -31,7 +31,7 @@ from engine.machine import quiet_library_warnings
 from engine.plan import Command, Plan, check, check_teacher_outputs
 from engine.replicas import evaluate
 from engine.step import group_builder
-from engine.trainer import RunContext, Trainer, TrainingDiverged
+from engine.trainer import RunContext, Trainer, TrainingDiverged, stopped_message
 from models import CheckpointError, build_model
 from options.schema import OptionsError
 from utils import distributed
@@ -198,18 +198,17 @@ def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], 
     run of it alone; one that stops does not stop the others."""
     progress.say(f"distill: {plan.opt['distill']} trains its trials one after another (its trials cannot be "
                  "stacked)")
-    stopped = []
     for k, trial in enumerate(plan.trials):
         batches = train_batches.subset([k], stacked=False)
         build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
         try:
             Trainer(run_ctx, [trial], build, test_batches).fit()
-        except TrainingDiverged as err:
-            stopped.append(str(err))
-            if k + 1 < len(plan.trials):
-                progress.say(f"error: {err}; the other trials go on")
+        except TrainingDiverged:
+            if k + 1 < len(plan.trials):  # what to do is said once, at the end
+                progress.say(f"error: {trial.diverged}; the other trials go on")
+    stopped = [t for t in plan.trials if t.diverged is not None]
     if stopped:
-        raise TrainingDiverged(f"{len(stopped)} of {len(plan.trials)} trials stopped: " + "; ".join(stopped))
+        raise TrainingDiverged(stopped_message(plan.trials, stopped))
 
 
 def _epochs_left(plan: Plan) -> bool:

@@ -66,3 +66,15 @@ def test_crd_resumed_on_a_training_set_of_another_size_is_one_line(tmp_path, dat
     assert "\n" not in line and "Traceback" not in line and line.startswith("error: "), done.stderr
     assert "16 images" in line and "24" in line and "data_folder" in line, line
     assert {p: p.stat().st_mtime_ns for p in trial.rglob("*")} == before
+
+
+def test_every_trial_of_a_sequential_group_diverging_says_what_to_do_once(tmp_path, data16, tiny_teacher):
+    """Each trial's line says why it stopped and that the others go on; the last line says every trial stopped
+    and, once, what to do (as a stacked group's does); exit status 1."""
+    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    done = run_main(["-opt", opt, "-t", "1-3", "--set", "learning_rate=1e30"], tmp_path)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()
+    assert len(last) == 1 and last[0].startswith("error: every trial stopped: trial 1: "), done.stderr
+    said = done.stdout + done.stderr
+    assert said.count("the other trials go on") == 2 and said.count("to start again with other options") == 1, said
