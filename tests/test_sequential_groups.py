@@ -1,5 +1,6 @@
 """Groups of a method whose trials train one after another (crd, abound, factor, fsp): stopped, diverging or
 resumed as a user would, through main.py on tiny data (16 images: one step per epoch)."""
+import json
 import signal
 import subprocess
 import sys
@@ -78,3 +79,26 @@ def test_every_trial_of_a_sequential_group_diverging_says_what_to_do_once(tmp_pa
     assert len(last) == 1 and last[0].startswith("error: every trial stopped: trial 1: "), done.stderr
     said = done.stdout + done.stderr
     assert said.count("the other trials go on") == 2 and said.count("to start again with other options") == 1, said
+
+
+def test_a_resume_lowers_the_learning_rate_a_run_was_started_with(tmp_path, data16, tiny_teacher):
+    """What a diverging run is told to do: a group started with --set learning_rate=X (its folder is named by it)
+    resumes with --resume --set learning_rate=<lower>, in its own folder; if two runs differ only in it, the
+    resume is refused in one line that names them and says how to choose."""
+    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    started = run_main(["-opt", opt, "-t", "1-2", "--set", "learning_rate=0.2", "--quiet"], tmp_path)
+    assert started.returncode == 0, started.stderr
+    (folder,) = (tmp_path / "experiments").iterdir()
+    assert "learning_rate0.2" in folder.name
+    lower = ["-opt", opt, "-t", "1-2", "--resume", "--set", "learning_rate=0.01", "epochs=2"]
+    done = run_main(lower, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in (tmp_path / "experiments").iterdir()] == [folder.name]
+    for t in (1, 2):
+        history = json.loads((folder / f"trial_{t}" / "results.json").read_text())["history"]
+        assert [h["lr"] for h in history] == [0.2, pytest.approx(0.01 * 0.1)]  # lr_decay_epochs: [1]
+    other = run_main(["-opt", opt, "-t", "1", "--set", "learning_rate=0.3", "--quiet"], tmp_path)
+    assert other.returncode == 0, other.stderr
+    done = run_main(lower[:3] + ["1"] + lower[4:], tmp_path)
+    assert done.returncode == 2 and "learning_rate0.2" in done.stderr and "learning_rate0.3" in done.stderr
+    assert "path.resume" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
