@@ -148,12 +148,16 @@ def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, A
     summary = network_summary(method)
     for trial in plan.trials:
         ckpt = plan.checkpoints.get(trial.paths.number)
+        # A trial with nothing left to train keeps the record of what it trained with (the group's --set
+        # learning_rate, say, changes nothing of it); only epochs may end it where it stands.
+        opt = plan.opt if ckpt is None or trial.state.epoch < plan.opt["epochs"] else \
+            {**ckpt["options"], "epochs": plan.opt["epochs"]}
         if ckpt is not None:
             kept = {} if "teacher_acc" in extra or plan.teacher is None else \
                 {"teacher_acc": recorded_teacher_acc(trial.paths, ckpt)}
             complete_resumed(trial.paths, ckpt, {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed},
-                             plan.opt, progress.say)
-        record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
+                             opt, progress.say)
+        record_run(trial.paths, opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
         if trial.state.epoch >= plan.opt["epochs"]:
             continue  # nothing to log: no event file
         from torch.utils.tensorboard import SummaryWriter

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 from conftest import ROOT
 from helpers import main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import scalars
@@ -102,3 +104,19 @@ def test_a_resume_lowers_the_learning_rate_a_run_was_started_with(tmp_path, data
     done = run_main(lower[:3] + ["1"] + lower[4:], tmp_path)
     assert done.returncode == 2 and "learning_rate0.2" in done.stderr and "learning_rate0.3" in done.stderr
     assert "path.resume" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_resume_changes_nothing_of_a_trial_it_does_not_train(tmp_path, data16, tiny_teacher):
+    """A group resumed with a new learning rate trains the trial that has epochs left with it; the trial that has
+    trained all its epochs keeps the record of what it trained with (options.yml, its checkpoint's options)."""
+    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    for args in (["-t", "1", "--set", "epochs=2"], ["-t", "2"]):
+        assert run_main(["-opt", opt, *args, "--quiet"], tmp_path).returncode == 0
+    done = run_main(["-opt", opt, "-t", "1-2", "--resume", "--set", "epochs=2", "learning_rate=0.01"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = next((tmp_path / "experiments").iterdir())
+    for t, lr in ((1, 0.05), (2, 0.01)):
+        recorded = yaml.safe_load((folder / f"trial_{t}" / "options.yml").read_text())
+        ckpt = torch.load(folder / f"trial_{t}" / "model" / "checkpoint.pth", weights_only=True)
+        assert recorded["learning_rate"] == ckpt["options"]["learning_rate"] == lr, t
+        assert recorded["epochs"] == ckpt["epoch"] == 2
