@@ -200,7 +200,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
     cls = method_class(opt["distill"])
     renamed = kept_overrides(cmd.overrides, fields(merge_schemas(COMMON, cls.options)))
-    if not checkpoints and renamed:  # the folder is named by what --set changed: the run it meant is elsewhere
+    if not checkpoints and renamed and not any(p.folder.exists() for p in targets):  # the run meant is elsewhere
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
                           "the run was trained with); to train with a new value, start a new run without --resume")

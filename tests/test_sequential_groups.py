@@ -120,3 +120,16 @@ def test_a_resume_changes_nothing_of_a_trial_it_does_not_train(tmp_path, data16,
         ckpt = torch.load(folder / f"trial_{t}" / "model" / "checkpoint.pth", weights_only=True)
         assert recorded["learning_rate"] == ckpt["options"]["learning_rate"] == lr, t
         assert recorded["epochs"] == ckpt["epoch"] == 2
+
+
+def test_a_resume_of_a_run_killed_in_its_first_epoch_says_it_never_finished_one(tmp_path, data16, tiny_teacher):
+    """SIGKILL in the first epoch (after the init stage) of a run started with --set of a kept option: the
+    resume's refusal says the first epoch never finished and how to start again; it does not blame the --set,
+    which named the right folder."""
+    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 1})
+    run = ["-opt", opt, "--set", "abound.init_epochs=2", "--quiet"]
+    killed_at("trial_1/model/checkpoint.pth.tmp", 1, run, tmp_path)
+    done = run_main(run + ["--resume"], tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "first epoch never finished" in done.stderr and "without --resume" in done.stderr, done.stderr
+    assert "only chooses which run" not in done.stderr, done.stderr
