@@ -164,6 +164,13 @@ class Distiller(nn.Module):
         """Rules between keys, raised as OptionsError; `world_size` processes each take `batch_size`."""
 
     @classmethod
+    def step_bytes(cls, opt: dict[str, Any]) -> int:
+        """What one training step of one trial allocates beyond the weights, where an option makes it large (CRD's
+        negatives: nce_k memory rows per sample), for the memory check before anything is built; 0: nothing
+        worth counting."""
+        return 0
+
+    @classmethod
     def experiment_name(cls, opt: dict[str, Any]) -> str:
         """RepDistiller's folder naming: the pair, the dataset, the method and its loss weights."""
         weights = "".join(f"{key.removeprefix('loss_')}{float(opt[key])}" for key in cls.named_options())

@@ -197,6 +197,11 @@ class CRD(Distiller):
         self.contrast = ContrastMemory(c["feat_dim"], self.n_data, c["nce_k"], c["nce_t"], c["nce_m"])
         self.sampler = NegativeSampler(train_labels, opt["n_cls"], c["nce_k"])
 
+    @classmethod
+    def step_bytes(cls, opt: dict[str, Any]) -> int:
+        """The nce_k + 1 memory rows each sample's scores read, from both banks, in float32."""
+        return 2 * opt["batch_size"] * (opt["crd"]["nce_k"] + 1) * opt["crd"]["feat_dim"] * 4
+
     def trainable_modules(self) -> list[nn.Module]:
         return [self.student, self.embed_s, self.embed_t]
 

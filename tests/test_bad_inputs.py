@@ -43,6 +43,8 @@ CASES = [
     ("unknown method", {"distill": "crdd"}, [], ["distill", "cocord", "did you mean 'crd'"]),
     ("kd without weight", {"distill": "kd"}, [], ["loss_kd"]),
     ("queue smaller than a batch", {"cocord": {"key_size": 8}}, [], ["key_size", "batch"]),
+    ("CRD negatives beyond memory", {"distill": "crd"}, ["--set", "crd.nce_k=1000000000000"],
+     ["GiB", "a training step"]),
     ("unknown student", {"student_model": "resnet2O"}, [], ["student_model", "'resnet20'"]),
     ("unknown teacher", {"teacher_model": "wrn_40_3"}, [], ["teacher_model", "wrn_40_2"]),
     ("teacher file missing", {"path": {"teacher": "nowhere/ckpt.pth"}}, [], ["nowhere/ckpt.pth", "train_teacher"]),
