@@ -28,6 +28,8 @@ Optional parts, each a no-op by default:
   `init_train()` (`init_forward` takes the same arguments as `forward`, first view only);
 - `start_epoch(epoch)` before each epoch (e.g. a warm-up factor); it must write tensors in place, since a
   captured CUDA graph reads them when replayed.
+- `step_bytes(opt)`: what one step allocates where an option makes it large (CRD's negatives), so that the
+  memory check refuses such options before anything is built.
 
 Stacking rules. Several trials of a run train as one batch (`-t 1-5`): their states are stacked and one
 `torch.func.vmap` runs the method's own forward. A method with `stackable = True` (the default) must follow
