@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     from utils.distributed import StoppedElsewhere, settle
     cmd = Command(args.trials, args.overrides, args.resume, args.replace, args.quiet, argv, notes, replaced)
     try:
-        run(complete_options(common, deferred), cmd)
+        run(complete_options(common, deferred, args.overrides), cmd)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         settle(err)

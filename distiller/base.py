@@ -28,6 +28,8 @@ Optional parts, each a no-op by default:
   `init_train()` (`init_forward` takes the same arguments as `forward`, first view only);
 - `start_epoch(epoch)` before each epoch (e.g. a warm-up factor); it must write tensors in place, since a
   captured CUDA graph reads them when replayed.
+- `step_bytes(opt)`: what one step allocates where an option makes it large (CRD's negatives), so that the
+  memory check refuses such options before anything is built.
 
 Stacking rules. Several trials of a run train as one batch (`-t 1-5`): their states are stacked and one
 `torch.func.vmap` runs the method's own forward. A method with `stackable = True` (the default) must follow
@@ -95,10 +97,11 @@ def option_schema() -> dict[str, Any]:
 # the chosen method's own (declared in its file under distiller/), each key validated once.
 
 
-def complete_options(common: dict[str, Any], deferred: dict[str, Any]) -> dict[str, Any]:
+def complete_options(common: dict[str, Any], deferred: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
     """`common` as main.py validated it, plus the keys it set aside (`deferred`, raw): those of the chosen method
-    are validated now; those of other methods are dropped (they would do nothing in this run); any other is an
-    error that names the closest valid key."""
+    are validated now; those of other methods are dropped if the options file gave them (one file may serve
+    several methods), refused if `overrides` (the command's --set) did (it would do nothing in this run); any
+    other is an error that names the closest valid key."""
     cls = method_class(common["distill"])
     known = {key for c in METHODS.values() for key in c.options}
     unknown = [key for key in deferred if key not in known]
@@ -108,8 +111,23 @@ def complete_options(common: dict[str, Any], deferred: dict[str, Any]) -> dict[s
             return close if "did you mean" in close else schema.did_you_mean(key, list(common) + list(cls.options))
         raise schema.OptionsError("; ".join(f"unknown option '{schema.show_name(str(k))}'{hint(str(k))}"
                                             for k in unknown))
+    _refuse_other_methods_overrides(cls, overrides)
     own = schema.build_options({k: v for k, v in deferred.items() if k in cls.options}, (), cls.options)
     return {**common, **own, "distill": cls.name}
+
+
+def _refuse_other_methods_overrides(cls: type[Distiller], overrides: list[str]) -> None:
+    """A --set of a key only other methods have would change nothing (a sweep over it would train the same run
+    once per value): refused, naming the methods that have it."""
+    given = [item.partition("=")[0] for item in overrides]
+    foreign = [key for key in given if key.split(".")[0] not in cls.options and key.split(".")[0] not in COMMON]
+    if foreign:
+        def owners(key: str) -> str:
+            names = sorted(n for n, c in METHODS.items() if key.split(".")[0] in c.options)
+            return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise schema.OptionsError("; ".join(
+            f"--set {schema.show_name(key)} would change nothing with distill: {cls.name} (it is an option of "
+            f"{owners(key)}); leave it out, or set distill too" for key in foreign))
 
 
 def build_options(given: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
@@ -117,7 +135,7 @@ def build_options(given: dict[str, Any], overrides: list[str] = ()) -> dict[str,
     method's `check_options`, which the run applies once it knows how many processes share a batch)."""
     deferred: dict[str, Any] = {}
     common = schema.build_options(given, overrides, partial=method_key_names() or True, deferred=deferred)
-    return complete_options(common, deferred)
+    return complete_options(common, deferred, overrides)
 
 
 def load_options(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
@@ -146,6 +164,13 @@ class Distiller(nn.Module):
     @classmethod
     def check_options(cls, opt: dict[str, Any], world_size: int = 1) -> None:
         """Rules between keys, raised as OptionsError; `world_size` processes each take `batch_size`."""
+
+    @classmethod
+    def step_bytes(cls, opt: dict[str, Any]) -> int:
+        """What one training step of one trial allocates beyond the weights, where an option makes it large (CRD's
+        negatives: nce_k memory rows per sample), for the memory check before anything is built; 0: nothing
+        worth counting."""
+        return 0
 
     @classmethod
     def experiment_name(cls, opt: dict[str, Any]) -> str:
@@ -218,6 +243,12 @@ class Distiller(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        """A state that does not fit raises KeyError or ValueError, whose message says why (the engine shows it)."""
+        own = self.state_dict()
+        for key, value in state.items():
+            if key in own and value.shape != own[key].shape:
+                raise ValueError(f"checkpoint does not fit this method: {key} is {list(value.shape)} there, "
+                                 f"{list(own[key].shape)} here")
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:

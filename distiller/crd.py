@@ -197,8 +197,20 @@ class CRD(Distiller):
         self.contrast = ContrastMemory(c["feat_dim"], self.n_data, c["nce_k"], c["nce_t"], c["nce_m"])
         self.sampler = NegativeSampler(train_labels, opt["n_cls"], c["nce_k"])
 
+    @classmethod
+    def step_bytes(cls, opt: dict[str, Any]) -> int:
+        """The nce_k + 1 memory rows each sample's scores read, from both banks, in float32."""
+        return 2 * opt["batch_size"] * (opt["crd"]["nce_k"] + 1) * opt["crd"]["feat_dim"] * 4
+
     def trainable_modules(self) -> list[nn.Module]:
         return [self.student, self.embed_s, self.embed_t]
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        rows = state.get("contrast.memory_v1")
+        if rows is not None and rows.shape[0] != self.n_data:  # a resume on another training set
+            raise ValueError(f"crd keeps one memory row per training image, and the run trained on {rows.shape[0]} "
+                             f"images; this training set holds {self.n_data}: resume with the run's data_folder")
+        super().load_checkpoint_state(state)
 
     def draw_negatives(self, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """This rank's rows of the negatives drawn for the whole (gathered) batch."""

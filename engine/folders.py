@@ -107,6 +107,35 @@ def plan_folder(paths: TrialPaths, opt: dict[str, Any], replace: bool) -> Folder
                        f"not deleted){go_on}")
 
 
+def run_changed_by_resume(experiments_dir: Path, trials: list[int], opt: dict[str, Any], changed: set[str],
+                          table: dict[str, Field]) -> Path | None:
+    """The experiment folder of the run a resume that changes `changed` (keys a resume may change, which name a
+    folder: learning_rate, say) continues, when the run was started with a value of them that neither the command
+    nor the options file gives (e.g. --set learning_rate=100, then --resume --set learning_rate=10): the one folder
+    under `experiments_dir` where one of `trials` has a checkpoint and options that agree with `opt` on every
+    other option that names a folder. None if there is none; several are refused."""
+    def naming(o: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in result_settings(o).items()
+                if k not in changed and (k not in table or table[k].in_name)}
+    want, found = naming(opt), []
+    try:
+        folders = sorted(p for p in experiments_dir.iterdir() if p.is_dir())
+    except OSError:
+        return None
+    for folder in folders:
+        for t in trials:
+            paths = TrialPaths(folder / f"trial_{t}")
+            old = _read_options(paths.options) if paths.checkpoint.is_file() else None
+            if old is not None and naming(old) == want:
+                found.append(folder)
+                break
+    if len(found) > 1:
+        raise ResumeError(f"runs {', '.join(str(f) for f in found[:3])} differ from this command only in "
+                          f"{', '.join(sorted(changed))}: resume one of them by its trial folder, with --set "
+                          "path.resume=<trial folder> and the change")
+    return found[0] if found else None
+
+
 def _read_options(path: Path) -> dict[str, Any] | None:
     """A trial's options.yml within the options file's limits (an alias bomb there must not hang the check);
     None if it is missing or refused."""

@@ -97,8 +97,9 @@ TRAIN_SIZE = {"cifar100": 50_000, "imagenet": 1_281_167}  # training images of e
 
 def check_memory(method_cls: type[Distiller], opt: dict[str, Any], teacher_arch: str | None, trials: int,
                  device: torch.device) -> None:
-    """Refuse, before anything is built, options whose weights, optimizer state and buffers alone would not fit
-    (a typo in a size, say): built on the meta device, which allocates nothing."""
+    """Refuse, before anything is built, options whose weights, optimizer state and buffers, and what the method
+    says one step allocates, would not fit (a typo in a size, say): built on the meta device, which allocates
+    nothing."""
     # A per-sample memory is sized by the training set, not read yet: the full dataset's size stands in for it.
     extra = {"train_labels": torch.arange(TRAIN_SIZE[opt["dataset"]]) % opt["n_cls"]} if method_cls.needs_index else {}
     with torch.device("meta"):
@@ -107,13 +108,16 @@ def check_memory(method_cls: type[Distiller], opt: dict[str, Any], teacher_arch:
         method = method_cls(student, teacher, opt, **extra)
     sizes = {k: t.numel() * t.element_size() for k, t in method.checkpoint_state().items()}
     trained = sum(p.numel() * p.element_size() for p in method.trainable_parameters())
-    need = (sum(sizes.values()) + 2 * trained) * trials  # + gradients and momentum
+    step = method_cls.step_bytes(opt) * (trials if method_cls.stackable else 1)  # unstackable: one at a time
+    need = (sum(sizes.values()) + 2 * trained) * trials + step  # + gradients and momentum
     free = _free_bytes(device)
     if free is not None and need > 0.8 * free:
-        largest = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:3])
-        raise OptionsError(f"these options need about {need / 2**30:.1f} GiB for weights, optimizer state and buffers "
-                           f"({trials} trial(s); largest: {largest}) but {free / 2**30:.1f} GiB is free on {device}; "
-                           "lower the sizes in the options or train fewer trials at once")
+        shown = {**sizes, **({"a training step": step} if step else {})}
+        largest = ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in sorted(shown.items(), key=lambda kv: -kv[1])[:3])
+        raise OptionsError(f"these options need about {need / 2**30:.1f} GiB for weights, optimizer state and buffers"
+                           f"{' and a training step' if step else ''} ({trials} trial(s); largest: {largest}) but "
+                           f"{free / 2**30:.1f} GiB is free on {device}; lower the sizes in the options or train fewer "
+                           "trials at once")
 
 
 def _free_bytes(device: torch.device) -> int | None:

@@ -23,7 +23,7 @@ from engine.checkpoint import (
     resume_target,
     trained_evidence,
 )
-from engine.folders import FolderPlan, folder_state, kept_overrides, resume_options
+from engine.folders import FolderPlan, folder_state, kept_overrides, resume_options, run_changed_by_resume
 from engine.machine import (
     Speed,
     check_memory,
@@ -187,6 +187,10 @@ def _resume_targets(opt: dict[str, Any], cmd: Command) -> list[TrialPaths]:
         targets = [TrialPaths(folder / f"trial_{t}") for t in cmd.trials]
         if any(p.checkpoint.is_file() for p in targets):
             return targets
+    started = run_changed_by_resume(Path(opt["experiments_dir"]), cmd.trials, opt, set(changed), table) \
+        if changed and not opt["experiment_name"] else None  # started with another value than file or command
+    if started is not None:
+        return [TrialPaths(started / f"trial_{t}") for t in cmd.trials]
     return [TrialPaths(experiment_folder(opt, cls.folder_name(opt)) / f"trial_{t}") for t in cmd.trials]
 
 
@@ -196,7 +200,7 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
     cls = method_class(opt["distill"])
     renamed = kept_overrides(cmd.overrides, fields(merge_schemas(COMMON, cls.options)))
-    if not checkpoints and renamed:  # the folder is named by what --set changed: the run it meant is elsewhere
+    if not checkpoints and renamed and not any(p.folder.exists() for p in targets):  # the run meant is elsewhere
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
                           "the run was trained with); to train with a new value, start a new run without --resume")

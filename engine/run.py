@@ -31,7 +31,7 @@ from engine.machine import quiet_library_warnings
 from engine.plan import Command, Plan, check, check_teacher_outputs
 from engine.replicas import evaluate
 from engine.step import group_builder
-from engine.trainer import RunContext, Trainer, TrainingDiverged
+from engine.trainer import RunContext, Trainer, TrainingDiverged, stopped_message
 from models import CheckpointError, build_model
 from options.schema import OptionsError
 from utils import distributed
@@ -114,7 +114,10 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
                 student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
             method = plan.method_cls(student, plan.teacher, opt, **extra_args).to(device=device, memory_format=fmt)
         if ckpt is not None:
-            method.load_checkpoint_state(ckpt["method"])
+            try:
+                method.load_checkpoint_state(ckpt["method"])
+            except (KeyError, ValueError) as err:  # a method state that does not fit: the method says why
+                raise ResumeError(f"cannot resume {trial.paths.folder}: {err.args[0]}") from None
         trial.saved = (method.checkpoint_state(), None if ckpt is None else ckpt["optimizer"])
         methods.append(method)
     extra: dict[str, Any] = {}
@@ -145,19 +148,24 @@ def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, A
     summary = network_summary(method)
     for trial in plan.trials:
         ckpt = plan.checkpoints.get(trial.paths.number)
+        # A trial with nothing left to train keeps the record of what it trained with (the group's --set
+        # learning_rate, say, changes nothing of it); only epochs may end it where it stands.
+        opt = plan.opt if ckpt is None or trial.state.epoch < plan.opt["epochs"] else \
+            {**ckpt["options"], "epochs": plan.opt["epochs"]}
         if ckpt is not None:
             kept = {} if "teacher_acc" in extra or plan.teacher is None else \
                 {"teacher_acc": recorded_teacher_acc(trial.paths, ckpt)}
             complete_resumed(trial.paths, ckpt, {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed},
-                             plan.opt, progress.say)
-        record_run(trial.paths, plan.opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
+                             opt, progress.say)
+        record_run(trial.paths, opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
         if trial.state.epoch >= plan.opt["epochs"]:
             continue  # nothing to log: no event file
         from torch.utils.tensorboard import SummaryWriter
         # In a resume, every trial's events past its checkpoint are dropped: also a trial of the group that
-        # starts again, whose first epoch may have been logged before the kill that lost its checkpoint.
-        trial.writer = SummaryWriter(str(trial.paths.folder),
-                                     purge_step=trial.state.epoch + 1 if plan.checkpoints else None)
+        # starts again, whose first epoch (and init stage, logged at steps <= 0) may have been logged before the
+        # kill that lost its checkpoint.
+        first = trial.state.epoch + 1 if trial.state.epoch else 1 - plan.method_cls.init_epochs(plan.opt)
+        trial.writer = SummaryWriter(str(trial.paths.folder), purge_step=first if plan.checkpoints else None)
     progress.log_to([t.paths.log for t in plan.trials])
 
 
@@ -194,18 +202,17 @@ def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], 
     run of it alone; one that stops does not stop the others."""
     progress.say(f"distill: {plan.opt['distill']} trains its trials one after another (its trials cannot be "
                  "stacked)")
-    stopped = []
     for k, trial in enumerate(plan.trials):
         batches = train_batches.subset([k], stacked=False)
         build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
         try:
             Trainer(run_ctx, [trial], build, test_batches).fit()
-        except TrainingDiverged as err:
-            stopped.append(str(err))
-            if k + 1 < len(plan.trials):
-                progress.say(f"error: {err}; the other trials go on")
+        except TrainingDiverged:
+            if k + 1 < len(plan.trials):  # what to do is said once, at the end
+                progress.say(f"error: {trial.diverged}; the other trials go on")
+    stopped = [t for t in plan.trials if t.diverged is not None]
     if stopped:
-        raise TrainingDiverged(f"{len(stopped)} of {len(plan.trials)} trials stopped: " + "; ".join(stopped))
+        raise TrainingDiverged(stopped_message(plan.trials, stopped))
 
 
 def _epochs_left(plan: Plan) -> bool:

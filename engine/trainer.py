@@ -65,7 +65,7 @@ class Trainer:
             self.train_epoch(self.group, epoch)
         failed = [t for t in self.trials if t.diverged]
         if failed:
-            raise TrainingDiverged(self._stopped_message(failed))
+            raise TrainingDiverged(stopped_message(self.trials, failed))
 
     def init_stage(self, group: Group) -> None:
         """A method's init stage (RepDistiller's two-stage methods: a method with one trains its trials one by
@@ -152,7 +152,7 @@ class Trainer:
                 self._stop(trial, problem)
             self.run.progress.close()
             self._say_stopped([t for t, _ in bad])
-            raise TrainingDiverged(self._stopped_message([t for t in self.trials if t.diverged]))
+            raise TrainingDiverged(stopped_message(self.trials, [t for t in self.trials if t.diverged]))
 
     def _stop(self, trial: Trial, problem: str) -> None:
         kept = trial.paths.checkpoint
@@ -172,28 +172,6 @@ class Trainer:
         if stopped and any(t.diverged is None for t in self.trials):
             for trial in stopped:
                 self.run.progress.say(f"error: {trial.diverged}; the other trials go on")
-
-    def _stopped_message(self, failed: list[Trial]) -> str:
-        """The run's last line when trials stopped: which, why, and what to do next."""
-        if len(self.trials) == 1:
-            what = failed[0].diverged
-        elif len(failed) == len(self.trials):
-            what = "every trial stopped: " + "; ".join(t.diverged for t in failed)
-        else:
-            what = f"{len(failed)} of {len(self.trials)} trials stopped: " + "; ".join(t.diverged for t in failed)
-        gone = [t for t in failed if not t.paths.folder.is_dir()]
-        diverged = [t for t in failed if t not in gone]
-        then = []
-        if any(t.paths.checkpoint.is_file() for t in diverged):
-            then.append("to go on from the last good checkpoint, resume with --resume and the change, e.g. --set "
-                        "learning_rate=<lower>")
-        elif diverged:
-            then.append("to start again with other options, run the command with them (a trial folder that holds "
-                        "no finished epoch is archived)")
-        if gone:
-            numbers = ",".join(str(t.paths.number) for t in gone)
-            then.append(f"to train {'it' if len(gone) == 1 else 'them'} again, run the command with -t {numbers}")
-        return "; ".join([what, *then])
 
     def _finish_epoch(self, trial: Trial, group: Group, k: int, method_state: dict[str, torch.Tensor], epoch: int,
                       lr: float, train: dict[str, Any], val: dict[str, float], times: tuple[float, float]
@@ -228,6 +206,29 @@ class Trainer:
         except OSError as err:
             return f"its folder {trial.paths.folder} could not be written in epoch {epoch} ({err.strerror})"
         return None
+
+
+def stopped_message(trials: list[Trial], failed: list[Trial]) -> str:
+    """The run's last line when trials stopped: which, why, and what to do next (once, for all of them)."""
+    if len(trials) == 1:
+        what = failed[0].diverged
+    elif len(failed) == len(trials):
+        what = "every trial stopped: " + "; ".join(t.diverged for t in failed)
+    else:
+        what = f"{len(failed)} of {len(trials)} trials stopped: " + "; ".join(t.diverged for t in failed)
+    gone = [t for t in failed if not t.paths.folder.is_dir()]
+    diverged = [t for t in failed if t not in gone]
+    then = []
+    if any(t.paths.checkpoint.is_file() for t in diverged):
+        then.append("to go on from the last good checkpoint, resume with --resume and the change, e.g. --set "
+                    "learning_rate=<lower>")
+    elif diverged:
+        then.append("to start again with other options, run the command with them (a trial folder that holds "
+                    "no finished epoch is archived)")
+    if gone:
+        numbers = ",".join(str(t.paths.number) for t in gone)
+        then.append(f"to train {'it' if len(gone) == 1 else 'them'} again, run the command with -t {numbers}")
+    return "; ".join([what, *then])
 
 
 def _random_state(group: Group) -> contextlib.AbstractContextManager:

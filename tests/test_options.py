@@ -73,6 +73,20 @@ def test_bad_overrides(overrides, words):
         build_options({}, overrides)
 
 
+def test_another_methods_key_is_dropped_from_a_file_and_refused_from_the_command_line():
+    """One options file may serve several methods (its other blocks do nothing); a --set of a key the chosen method
+    lacks does nothing either, and a sweep over it would train the same run once per value: it is refused."""
+    shared = {"distill": "crd", "cocord": {"T": 0.05}, "hint": {"hint_layer": 3}, "loss_hint": 10.0}
+    opt = build_options(shared)
+    assert "cocord" not in opt and "hint" not in opt and "loss_hint" not in opt
+    for overrides, words in ((["hint.hint_layer=3"], "hint.hint_layer would change nothing with distill: crd"),
+                             (["distill=none", "loss_kd=1"], "loss_kd would change nothing with distill: none"),
+                             (["cocord.T=0.05"], "it is an option of cocord")):
+        with pytest.raises(OptionsError, match=words):
+            build_options(shared, overrides)
+    assert build_options(shared, ["distill=hint", "hint.hint_layer=1"])["hint"]["hint_layer"] == 1
+
+
 def test_overrides_are_recorded_and_progress_is_one_line_per_epoch(tmp_path, tiny_cifar, tiny_teacher):
     opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
     done = run_main(["-opt", opt, "--set", "cocord.T=0.07", "epochs=2", "loss_pred=2"], tmp_path)
