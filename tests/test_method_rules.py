@@ -130,3 +130,13 @@ def test_an_unstackable_method_says_why(name):
     ours = [c for c in cls.__mro__ if c.__module__.startswith("distiller.") and c.__module__ != "distiller.base"]
     doc = " ".join(f"{inspect.getmodule(c).__doc__ or ''} {c.__doc__ or ''}" for c in ours)
     assert "stack" in doc.lower(), f"{name} sets stackable = False: its file's docstring must say why"
+
+
+@pytest.mark.parametrize("name", STACKABLE)
+def test_a_stackable_method_has_no_init_stage(name):
+    """An init stage trains other modules with an optimizer of its own (distiller/base.py): a method with one
+    cannot be stacked, and the engine runs it only for a trial trained alone."""
+    from distiller import Distiller
+    cls = METHODS[name]
+    assert cls.init_forward is Distiller.init_forward and cls.init_modules is Distiller.init_modules, \
+        f"{name} defines an init stage: set stackable = False"

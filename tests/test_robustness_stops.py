@@ -133,8 +133,14 @@ def test_two_processes_on_one_trial(tmp_path, setup):
     assert (trial / "results.json").read_text() == results
     assert sorted(p.name for p in trial.parent.iterdir()) == [".trial_1.lock", "trial_1"]
 
-    # Two started at once over that finished run (same settings: the winner archives it).
-    both = [start([sys.executable, str(ROOT / "main.py"), *run], tmp_path) for _ in range(2)]
+    # Two started at once over that finished run (same settings: the winner archives it). Each is held at its lock
+    # until both have planned (without that, on a busy machine one could end before the other starts: no race).
+    gates = [pause_dir(tmp_path, f"gate{k}") for k in range(2)]
+    both = [start(at(".trial_1.lock", 1, f"pause:{gate}", *run), tmp_path) for gate in gates]
+    for gate, proc in zip(gates, both):
+        wait_for(gate / "here", proc)
+    for gate in gates:
+        (gate / "go").touch()
     ended = [(p.wait(timeout=300), p.communicate()[1]) for p in both]
     assert sorted(rc for rc, _ in ended) == [0, 2], ended
     loser = next(err for rc, err in ended if rc == 2)
