@@ -14,7 +14,6 @@ from distiller.base import (
     complete_options,
     load_options,
     method_class,
-    option_schema,
     register,
 )
 
@@ -25,4 +24,4 @@ for _module in pkgutil.iter_modules(__path__):
 from distiller.cocord import CoCoRD  # noqa: E402  (the name users of the published code import)
 
 __all__ = ["METHODS", "CoCoRD", "Distiller", "build_options", "complete_options", "load_options", "method_class",
-           "option_schema", "register"]
+           "register"]

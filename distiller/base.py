@@ -62,17 +62,14 @@ from options.settings import folder_name
 from utils.meter import Accuracy
 
 METHODS: dict[str, type[Distiller]] = {}
-ALIASES: dict[str, str] = {}  # other accepted `distill:` values -> the registered name
 
 
-def register(name: str, *aliases: str) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: the method becomes `distill: <name>` (and `distill: <alias>`, the same method)."""
+def register(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: the method becomes `distill: <name>`."""
     def add(cls: type[Distiller]) -> type[Distiller]:
-        for key in (name, *aliases):
-            if key in METHODS or key in ALIASES:
-                raise ValueError(f"method {key!r} registered twice")
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
         METHODS[name] = cls
-        ALIASES.update({alias: name for alias in aliases})
         cls.name = name
         return cls
     return add
@@ -80,17 +77,12 @@ def register(name: str, *aliases: str) -> Callable[[type[Distiller]], type[Disti
 
 def method_class(name: str) -> type[Distiller]:
     try:
-        return METHODS[ALIASES.get(name, name)]
+        return METHODS[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), [*METHODS, *ALIASES], n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(name), list(METHODS), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise OptionsError(f"option 'distill' must be one of {', '.join(sorted(METHODS))}, got {name!r}; {hint}"
                            "each is one file under distiller/ (docs/methods.md)") from None
-
-
-def option_schema() -> dict[str, Any]:
-    """Every key an options file may hold: the common ones and every method's own."""
-    return merge_schemas(COMMON, *(cls.options for cls in METHODS.values()))
 
 
 # A run's options: the common keys (options/schema.py, checked by main.py before torch is imported) joined with

@@ -21,6 +21,7 @@ import torch
 
 from utils.files import atomic_save, atomic_write_text
 from utils.rng import TrialRNG
+from utils.trialfiles import TrialFileRefused, read_trial_results
 
 
 class ResumeError(ValueError):
@@ -171,9 +172,11 @@ def saved_epoch(path: Path) -> int | None:
 
 
 def _read_json(path: Path) -> Any:
+    """results.json as a repair compares it, within the limits every reader of trial files keeps; None if it is
+    missing or refused (it is then rewritten)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_trial_results(path)
+    except TrialFileRefused:
         return None
 
 

@@ -198,7 +198,7 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
 
 def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], train_batches: TrainBatches,
                      test_batches: Any, progress: Progress) -> None:
-    """A method that cannot be stacked (distill/base.py) trains its trials one after another, each exactly as a
+    """A method that cannot be stacked (distiller/base.py) trains its trials one after another, each exactly as a
     run of it alone; one that stops does not stop the others."""
     progress.say(f"distill: {plan.opt['distill']} trains its trials one after another (its trials cannot be "
                  "stacked)")

@@ -9,7 +9,7 @@ import contextlib
 import errno
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,10 +81,8 @@ class Trainer:
             step.start_epoch()
             total, images = 0.0, 0
             with _random_state(group):
-                for views, labels, index in group.batches:
-                    if labels.shape[-1] < self.run.min_batch:
-                        continue
-                    out = step(views, labels, index if self.run.pass_index else None)
+                for views, labels, index in self._batches(group):
+                    out = step(views, labels, index)
                     total, images = total + out["loss"].detach() * labels.shape[-1], images + labels.shape[-1]
             loss = float(total) / max(images, 1)  # one read per init epoch
             label = f" of {group.trials[0].label}" if self.run.several else ""
@@ -104,11 +102,8 @@ class Trainer:
         progress.start_epoch(epoch, lr)
         t0, steps = time.perf_counter(), 0
         with _random_state(group):
-            for views, labels, index in group.batches:
-                if labels.shape[-1] < self.run.min_batch:
-                    self._skip_note(labels.shape[-1])
-                    continue
-                group.step(views, labels, index if self.run.pass_index else None)
+            for views, labels, index in self._batches(group):
+                group.step(views, labels, index)
                 steps += 1
                 progress.step()
                 # Under torchrun only the epoch end reads (reduced) statistics: a rank stopping alone would hang.
@@ -137,6 +132,15 @@ class Trainer:
             lines.append((f" {trial.label}" if self.run.several else "", stats[k], vals[k]))
         progress.end_epoch(lines)
         self._say_stopped(stopped)
+
+    def _batches(self, group: Group) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]]:
+        """The group's batches its method can train on (a smaller last batch is skipped, and said once), each with
+        the samples' indices only for a method that takes them."""
+        for views, labels, index in group.batches:
+            if labels.shape[-1] < self.run.min_batch:
+                self._skip_note(labels.shape[-1])
+                continue
+            yield views, labels, index if self.run.pass_index else None
 
     def _skip_note(self, size: int) -> None:
         if not self.skipped_note:
