@@ -19,7 +19,15 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import ResumeError, Trial, TrialPaths, repair, saved_epoch, trained_evidence
+from engine.checkpoint import (
+    ResumeError,
+    Trial,
+    TrialPaths,
+    recorded_sessions,
+    repair,
+    saved_epoch,
+    trained_evidence,
+)
 from options.schema import Field, OptionsError, options_text, parse_overrides
 from options.settings import fields, flatten, result_settings, unflatten
 from utils.files import FolderLock, LockError, archive_name, atomic_write_text
@@ -214,17 +222,11 @@ def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, A
 
 
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],
-               seed: int, summary: str, processes: int = 1) -> None:
+               seed: int, summary: str, processes: int) -> None:
     """options.yml (the options as they run, speed settings as they apply here), run.json (one entry per start or
     resume: command, code, libraries, machine) and the network summary."""
     atomic_write_text(paths.options, options_text(opt))
-    sessions = []
-    if paths.provenance.is_file():
-        try:
-            sessions = json.loads(paths.provenance.read_text()).get("sessions", [])
-        except (OSError, ValueError, AttributeError):
-            sessions = []
-    sessions.append(session(argv, device, speed, seed, processes))
+    sessions = [*recorded_sessions(paths), session(argv, device, speed, seed, processes)]
     atomic_write_text(paths.provenance, json.dumps({"sessions": sessions}, indent=1))
     paths.summary.write_text(summary)
 

@@ -74,7 +74,11 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
             progress.say(resume_line(plan))
         with distributed.agreed(USER_ERRORS):
             methods, extra = build(plan, train_batches.train_labels, test_batches, world, progress)
-        write(plan, cmd, methods[0], extra, rank, progress)
+        with distributed.agreed(USER_ERRORS):  # the other processes wait for rank 0's files, and stop if it does
+            if rank == 0:
+                write(plan, cmd, methods[0], extra, progress)
+        for line in methods[0].describe():
+            progress.say(line)
         train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
         progress.close()
@@ -125,7 +129,7 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
     # other data), it would change the result of a finished run.
     recorded = [recorded_teacher_acc(t.paths, ckpt) for t in plan.trials
                 if (ckpt := plan.checkpoints.get(t.paths.number)) is not None]
-    if plan.teacher is not None and (_epochs_left(plan) or None in recorded):
+    if plan.teacher is not None and (any(t.state.epoch < opt["epochs"] for t in plan.trials) or None in recorded):
         reduce = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
         test = evaluate(plan.teacher, test_batches, reduce)
         check_teacher_outputs(opt, test)
@@ -134,15 +138,7 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
     return methods, extra
 
 
-def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], rank: int, progress: Progress) -> None:
-    with distributed.agreed(USER_ERRORS):  # the other processes wait for rank 0's files, and stop if it does
-        if rank == 0:
-            _write_files(plan, cmd, method, extra, progress)
-    for line in method.describe():
-        progress.say(line)
-
-
-def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], progress: Progress) -> None:
+def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], progress: Progress) -> None:
     for folder in plan.folders:
         prepare_folder(folder, progress.say)
     summary = network_summary(method)
@@ -202,21 +198,22 @@ def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], 
     run of it alone; one that stops does not stop the others."""
     progress.say(f"distill: {plan.opt['distill']} trains its trials one after another (its trials cannot be "
                  "stacked)")
-    for k, trial in enumerate(plan.trials):
-        batches = train_batches.subset([k], stacked=False)
-        build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
-        try:
-            Trainer(run_ctx, [trial], build, test_batches).fit()
-        except TrainingDiverged:
-            if k + 1 < len(plan.trials):  # what to do is said once, at the end
-                progress.say(f"error: {trial.diverged}; the other trials go on")
+    every_log = progress.logs
+    try:
+        for k, trial in enumerate(plan.trials):
+            progress.logs = [p for p in every_log if p == trial.paths.log]  # its lines in its own train.log only
+            batches = train_batches.subset([k], stacked=False)
+            build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
+            try:
+                Trainer(run_ctx, [trial], build, test_batches).fit()
+            except TrainingDiverged:
+                if k + 1 < len(plan.trials):  # what to do is said once, at the end
+                    progress.say(f"error: {trial.diverged}; the other trials go on")
+    finally:
+        progress.logs = every_log
     stopped = [t for t in plan.trials if t.diverged is not None]
     if stopped:
         raise TrainingDiverged(stopped_message(plan.trials, stopped))
-
-
-def _epochs_left(plan: Plan) -> bool:
-    return any(t.state.epoch < plan.opt["epochs"] for t in plan.trials)
 
 
 def resume_line(plan: Plan) -> str:
