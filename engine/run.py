@@ -5,6 +5,7 @@ the trial folders, a resume target) runs before anything is written or an old ru
 """
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 import sys
@@ -28,7 +29,7 @@ from engine.folders import (
     record_run,
 )
 from engine.machine import quiet_library_warnings
-from engine.plan import Command, Plan, check, check_teacher_outputs
+from engine.plan import Command, Plan, check
 from engine.replicas import evaluate
 from engine.step import group_builder
 from engine.trainer import RunContext, Trainer, TrainingDiverged, stopped_message
@@ -130,9 +131,10 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
     recorded = [recorded_teacher_acc(t.paths, ckpt) for t in plan.trials
                 if (ckpt := plan.checkpoints.get(t.paths.number)) is not None]
     if plan.teacher is not None and (any(t.state.epoch < opt["epochs"] for t in plan.trials) or None in recorded):
-        reduce = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
-        test = evaluate(plan.teacher, test_batches, reduce)
-        check_teacher_outputs(opt, test)
+        test = evaluate(plan.teacher, test_batches)
+        if not all(math.isfinite(v) for v in test.values()):
+            raise CheckpointError(f"teacher checkpoint {opt['path']['teacher']} gives NaN or infinite outputs on the "
+                                  "test set; it is damaged or was trained on other data")
         extra["teacher_acc"] = test["top1"]
         progress.say(f"teacher {opt['teacher_model']} test accuracy: {extra['teacher_acc']:.2f}%")
     return methods, extra
@@ -175,8 +177,7 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
         return
     progress.steps = len(train_batches)
     run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, plan.method_cls.needs_index, len(plan.trials) > 1,
-                         rank == 0, world, extra, plan.teacher_fingerprint,
-                         distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None)
+                         rank == 0, world, extra, plan.teacher_fingerprint)
     where = plan.trials[0].paths.folder if len(plan.trials) == 1 else plan.trials[0].paths.folder.parent
     progress.say(f"training {opt['student_model']} ({opt['distill']}, {plural(len(left), 'trial')}) on {device} "
                  f"for {plural(opt['epochs'], 'epoch')}; logs in {where}")
