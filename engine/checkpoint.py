@@ -95,8 +95,7 @@ def recorded_teacher_acc(paths: TrialPaths, ckpt: dict[str, Any]) -> float | Non
     """The teacher accuracy a trial's run recorded (its checkpoint's; an older checkpoint's results.json)."""
     if isinstance(ckpt.get("teacher_acc"), (int, float)):
         return ckpt["teacher_acc"]
-    old = _read_json(paths.results)
-    value = old.get("teacher_acc") if isinstance(old, dict) else None
+    value = (_read_json(paths.results) or {}).get("teacher_acc")
     return value if isinstance(value, (int, float)) else None
 
 
@@ -153,7 +152,7 @@ def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: 
         _write_epoch_file(paths, ckpt)
         (ended if ended else fixed).append(paths.epoch_file(ckpt["epoch"]).name)
     old = _read_json(paths.results)
-    if not isinstance(old, dict) or any(old.get(k) != v for k, v in as_saved.items() if k not in extra):
+    if old is None or any(old.get(k) != v for k, v in as_saved.items() if k not in extra):
         fixed.append(paths.results.name)
     results = results_of(ckpt, extra, opt)
     if old != json.loads(json.dumps(results)):
@@ -169,7 +168,7 @@ def saved_epoch(path: Path) -> int | None:
         return None
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any] | None:
     """results.json within the limits every reader of trial files keeps; None if missing or refused (rewritten)."""
     try:
         return read_trial_results(path)
@@ -183,8 +182,6 @@ _CHECKPOINT_KEYS = {"epoch": int, "best_acc": (int, float), "best_epoch": int, "
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ResumeError(f"cannot resume from {path}: not a regular file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read means the same thing to the user

@@ -24,7 +24,6 @@ from engine.checkpoint import (
     Trial,
     TrialPaths,
     recorded_sessions,
-    repair,
     saved_epoch,
     trained_evidence,
 )
@@ -201,17 +200,6 @@ def prepare_folder(plan: FolderPlan, say: Any) -> None:
         say(f"{plan.note}: {target}")
     plan.paths.folder.mkdir(parents=True)
     plan.made = True
-
-
-def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any],
-                     say: Any) -> None:
-    fixed, ended = repair(paths, ckpt, extra, opt)
-    if fixed:
-        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the last run stopped before "
-            "writing them)")
-    if ended:
-        say(f"{paths.folder}: the run ends at epoch {ckpt['epoch']}, as epochs={opt['epochs']} asks: wrote "
-            f"{', '.join(ended)}")
 
 
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],

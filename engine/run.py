@@ -15,13 +15,12 @@ import torch
 
 from dataset import DataError
 from distiller import Distiller
-from engine.checkpoint import ResumeError, recorded_teacher_acc, saved_epoch
+from engine.checkpoint import ResumeError, recorded_teacher_acc, repair, saved_epoch
 from engine.data import TrainBatches, build_data
 from engine.folders import (
     FolderBusy,
     FolderPlan,
     check_unchanged,
-    complete_resumed,
     lock_trials,
     network_summary,
     plan_folder,
@@ -80,7 +79,7 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
                 write(plan, cmd, methods[0], extra, progress)
         for line in methods[0].describe():
             progress.say(line)
-        train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
+        train(plan, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
         progress.close()
         close_writers(plan)
@@ -153,8 +152,14 @@ def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], pr
         if ckpt is not None:
             kept = {} if "teacher_acc" in extra or plan.teacher is None else \
                 {"teacher_acc": recorded_teacher_acc(trial.paths, ckpt)}
-            complete_resumed(trial.paths, ckpt, {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed},
-                             opt, progress.say)
+            results = {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed}  # beside the checkpoint's
+            fixed, ended = repair(trial.paths, ckpt, results, opt)
+            if fixed:
+                progress.say(f"{trial.paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the last run "
+                             "stopped before writing them)")
+            if ended:
+                progress.say(f"{trial.paths.folder}: the run ends at epoch {ckpt['epoch']}, as epochs={opt['epochs']} "
+                             f"asks: wrote {', '.join(ended)}")
         record_run(trial.paths, opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
         if trial.state.epoch >= plan.opt["epochs"]:
             continue  # nothing to log: no event file
@@ -167,8 +172,8 @@ def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], pr
     progress.log_to([t.paths.log for t in plan.trials])
 
 
-def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: Any, methods: list[Distiller],
-          extra: dict[str, Any], rank: int, world: int, progress: Progress) -> None:
+def train(plan: Plan, train_batches: TrainBatches, test_batches: Any, methods: list[Distiller], extra: dict[str, Any],
+          rank: int, world: int, progress: Progress) -> None:
     opt, device = plan.opt, plan.device
     left = [t for t in plan.trials if t.state.epoch < opt["epochs"]]
     if not left:
