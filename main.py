@@ -32,8 +32,7 @@ def parse_trials(text: str) -> list[int]:
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """A bad command line is bad input like any other: one line, exit status 2."""
+    def error(self, message: str) -> NoReturn:  # bad input like any other: one line, exit status 2
         self.exit(2, f"error: {message} (python main.py -h lists the arguments)\n")
 
 

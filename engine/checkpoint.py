@@ -81,11 +81,9 @@ def experiment_folder(opt: dict[str, Any], default_name: str) -> Path:
 def make_checkpoint(*, epoch: int, student: dict[str, torch.Tensor], method: dict[str, torch.Tensor],
                     optimizer: dict[str, Any], state: RunState, accuracy: float, opt: dict[str, Any],
                     rng: dict[str, Any], seed: int, teacher_fingerprint: float | None,
-                    teacher_acc: float | None = None, processes: int = 1) -> dict[str, Any]:
-    """A superset of CRD's layout ({'epoch', 'model', 'best_acc', 'optimizer'}: it loads as a teacher) and of
-    the published CoCoRD one ('s_model_dict', 'best_acc1': the same tensors, saved once). The teacher's test
-    accuracy is kept too, so that results.json can be rebuilt from the checkpoint alone, and the number of
-    torchrun processes, which multiplies the batch."""
+                    teacher_acc: float | None, processes: int) -> dict[str, Any]:
+    """A superset of CRD's layout (it loads as a teacher) and of the published CoCoRD one (the same tensors, saved
+    once); with the teacher's accuracy, so that results.json can be rebuilt from it alone."""
     return {"epoch": epoch, "model": student, "s_model_dict": student, "best_acc": state.best_acc,
             "best_acc1": state.best_acc, "best_epoch": state.best_epoch, "accuracy": accuracy,
             "arch": opt["student_model"], "optimizer": optimizer, "method": method, "history": state.history,
@@ -97,8 +95,7 @@ def recorded_teacher_acc(paths: TrialPaths, ckpt: dict[str, Any]) -> float | Non
     """The teacher accuracy a trial's run recorded (its checkpoint's; an older checkpoint's results.json)."""
     if isinstance(ckpt.get("teacher_acc"), (int, float)):
         return ckpt["teacher_acc"]
-    old = _read_json(paths.results)
-    value = old.get("teacher_acc") if isinstance(old, dict) else None
+    value = (_read_json(paths.results) or {}).get("teacher_acc")
     return value if isinstance(value, (int, float)) else None
 
 
@@ -155,7 +152,7 @@ def repair(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: 
         _write_epoch_file(paths, ckpt)
         (ended if ended else fixed).append(paths.epoch_file(ckpt["epoch"]).name)
     old = _read_json(paths.results)
-    if not isinstance(old, dict) or any(old.get(k) != v for k, v in as_saved.items() if k not in extra):
+    if old is None or any(old.get(k) != v for k, v in as_saved.items() if k not in extra):
         fixed.append(paths.results.name)
     results = results_of(ckpt, extra, opt)
     if old != json.loads(json.dumps(results)):
@@ -171,9 +168,8 @@ def saved_epoch(path: Path) -> int | None:
         return None
 
 
-def _read_json(path: Path) -> Any:
-    """results.json as a repair compares it, within the limits every reader of trial files keeps; None if it is
-    missing or refused (it is then rewritten)."""
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """results.json within the limits every reader of trial files keeps; None if missing or refused (rewritten)."""
     try:
         return read_trial_results(path)
     except TrialFileRefused:
@@ -186,8 +182,6 @@ _CHECKPOINT_KEYS = {"epoch": int, "best_acc": (int, float), "best_epoch": int, "
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ResumeError(f"cannot resume from {path}: not a regular file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read means the same thing to the user
@@ -195,16 +189,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "method" not in ckpt or "epoch" not in ckpt or "options" not in ckpt:
         raise ResumeError(f"{path} is not a checkpoint written by this project's training (no method state); "
                           "it can be used as path.teacher, not for resume")
-    bad = [key for key, kind in _CHECKPOINT_KEYS.items() if not isinstance(ckpt.get(key), kind)]
-    if bad:
+    if bad := [key for key, kind in _CHECKPOINT_KEYS.items() if not isinstance(ckpt.get(key), kind)]:
         raise ResumeError(f"checkpoint {path} lacks {', '.join(bad)} or holds something else there: it is damaged; "
                           "put back a good copy, or move the trial folder away and train the trial again")
     return ckpt
 
 
 def check_resumable_files(paths: TrialPaths, epochs: int) -> None:
-    """The files a resumed trial writes are files or absent: a folder in the place of one would stop the run
-    after it had rewritten the others."""
+    """The files a resumed trial writes are files or absent (a folder in the place of one would stop the run
+    after it had rewritten the others), and its run.json can be read."""
     names = (paths.options, paths.results, paths.provenance, paths.log, paths.summary, paths.best,
              paths.checkpoint, paths.epoch_file(epochs))
     for path in (*names, *(p.with_name(p.name + ".tmp") for p in names)):
@@ -212,6 +205,21 @@ def check_resumable_files(paths: TrialPaths, epochs: int) -> None:
             kind = "a folder" if path.is_dir() else "not a regular file"
             raise ResumeError(f"cannot resume {paths.folder}: {path.relative_to(paths.folder)} is {kind}, where the "
                               "run writes a file; move it away and resume again")
+    recorded_sessions(paths)
+
+
+def recorded_sessions(paths: TrialPaths) -> list[Any]:
+    """The starts and resumes of the trial that its run.json records, read within the limits of every trial file
+    (a deep nest or a huge file is refused in one line, not a RecursionError or MemoryError)."""
+    if not paths.provenance.is_file():
+        return []
+    try:
+        sessions = read_trial_results(paths.provenance).get("sessions", [])
+        if not isinstance(sessions, list):
+            raise TrialFileRefused(f"{paths.provenance.name} holds no list of sessions")
+    except TrialFileRefused as err:
+        raise ResumeError(f"cannot resume {paths.folder}: {err}; move it away and resume again") from None
+    return sessions
 
 
 def trained_evidence(paths: TrialPaths) -> list[str]:
@@ -224,7 +232,6 @@ def trained_evidence(paths: TrialPaths) -> list[str]:
 
 
 def missing_run_message(paths: TrialPaths) -> str:
-    """Why there is nothing to resume in this trial's folder, and what to do."""
     if not paths.folder.exists():
         return (f"nothing to resume: there is no run at {paths.folder} (no such folder); to start it, run the command "
                 "without --resume")
@@ -233,8 +240,7 @@ def missing_run_message(paths: TrialPaths) -> str:
     if paths.checkpoint.exists():
         return (f"nothing to resume at {paths.folder}: its model/checkpoint.pth is not a regular file; put the "
                 "checkpoint back, or move the folder away to train the trial again from the start")
-    evidence = trained_evidence(paths)
-    if evidence:
+    if evidence := trained_evidence(paths):
         shows = "shows" if len(evidence) == 1 else "show"
         return (f"nothing to resume at {paths.folder}: its model/checkpoint.pth is missing, though "
                 f"{', '.join(evidence[:3])} {shows} it trained; put the checkpoint back, or move the folder away to "

@@ -7,6 +7,7 @@ stacked along a leading trial dimension. All trials are tested on the same test 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -53,11 +54,9 @@ class DeviceBatches:
 
 
 class TrainBatches:
-    """One step's training batches of every trial: `(views, labels, index)`, each view [B, ...] for a run of one
-    trial, [trials, B, ...] when `stacked` (a run of several, even once only one of them is left training); index
-    (int64, [B] or [trials, B]) holds each sample's position in the training set, 0..n_data - 1 (under torchrun
-    too: a rank's share of the whole set). `train_labels`: every training sample's label, in that order (a method
-    with a per-sample memory is sized by it); `n_data` its length."""
+    """One step's training batches of every trial: `(views, labels, index)`, each view [B, ...], or [trials, B, ...]
+    when `stacked` (a run of several, even once only one is left training); index: each sample's position in the
+    whole training set (under torchrun too). `train_labels`: every training sample's label, in that order."""
 
     def __init__(self, loaders: list[Any], train_labels: torch.Tensor, stacked: bool | None = None):
         self.loaders, self.train_labels = loaders, train_labels
@@ -71,7 +70,6 @@ class TrainBatches:
         return len(self.train_labels)
 
     def subset(self, keep: list[int], stacked: bool | None = None) -> TrainBatches:
-        """Those trials' batches (still stacked, unless `stacked` says otherwise)."""
         return TrainBatches([self.loaders[k] for k in keep], self.train_labels,
                             self.stacked if stacked is None else stacked)
 
@@ -91,11 +89,11 @@ class TrainBatches:
 def build_data(opt: dict[str, Any], n_views: int, device: torch.device, loader: str, trials: int = 1,
                rank: int = 0, world_size: int = 1, min_batch: int = 1, channels_last: bool = False
                ) -> tuple[TrainBatches, Any]:
-    """(training batches of `trials` trials, test batches) for the options' dataset; `min_batch`: the smallest
-    batch the method trains on; `loader` (gpu | torchvision) and `channels_last`: the speed settings the run
-    uses."""
+    """(training batches of `trials` trials, test batches); `min_batch`: the smallest batch the method trains on."""
     workers, pin = opt["num_workers"], opt["pin_memory"] and device.type == "cuda"
-    sampler = _distributed_sampler(rank, world_size) if world_size > 1 else None
+    # Seeded each epoch from the trial's random state (DeviceBatches.set_epoch_seed).
+    sampler = partial(torch.utils.data.DistributedSampler, num_replicas=world_size, rank=rank, shuffle=True) \
+        if world_size > 1 else None
     if opt["dataset"] == "imagenet":
         loaders = []
         for _ in range(trials):
@@ -124,12 +122,6 @@ def build_data(opt: dict[str, Any], n_views: int, device: torch.device, loader: 
                                                 generator=generator, sampler=train_sampler)
         loaders.append(DeviceBatches(train, device, channels_last, generator))
     return TrainBatches(loaders, arrays.train_labels), DeviceBatches(test, device, channels_last)
-
-
-def _distributed_sampler(rank: int, world_size: int):
-    def make(dataset):  # seeded each epoch from the trial's random state (DeviceBatches.set_epoch_seed)
-        return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True)
-    return make
 
 
 def check_labels(train: torch.Tensor, test: torch.Tensor, n_cls: int) -> None:

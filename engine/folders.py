@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import ResumeError, Trial, TrialPaths, repair, saved_epoch, trained_evidence
+from engine.checkpoint import (
+    ResumeError,
+    Trial,
+    TrialPaths,
+    recorded_sessions,
+    saved_epoch,
+    trained_evidence,
+)
 from options.schema import Field, OptionsError, options_text, parse_overrides
 from options.settings import fields, flatten, result_settings, unflatten
 from utils.files import FolderLock, LockError, archive_name, atomic_write_text
@@ -27,7 +34,7 @@ from utils.trialfiles import TrialFileRefused, read_trial_options
 
 
 def _field(key: str, table: dict[str, Field]) -> Field:
-    """The Field of a dotted key; a key of a section (`cocord` in `cocord=...`), or one nothing declares, is kept."""
+    """A key of a section (`cocord` in `cocord=...`), or one nothing declares, is kept."""
     return table.get(key) or Field(None, "str")
 
 
@@ -38,10 +45,8 @@ def kept_overrides(overrides: list[str], table: dict[str, Field]) -> list[str]:
 
 def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrides: list[str],
                    schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The options a resumed run continues with, and the lines that say what changed or was kept.
-
-    `run_opt` is what the run was started with (its checkpoint), `command_opt` the options file with the
-    command's --set; each key's Field in `schema` says what a resume does with it."""
+    """The options a resumed run continues with (`run_opt`: its checkpoint's; `command_opt`: the options file with
+    the command's --set), and the lines that say what changed or was kept."""
     old, new, table = flatten(run_opt), flatten(command_opt), fields(schema)
     explicit = set(flatten(parse_overrides(overrides)))
     merged, changed, kept = dict(old), [], []
@@ -71,7 +76,7 @@ def resume_options(run_opt: dict[str, Any], command_opt: dict[str, Any], overrid
 
 @dataclass
 class FolderPlan:
-    """What happens to a fresh trial's folder: nothing there yet, or an old run to archive."""
+    """A fresh trial's folder: nothing there yet, or an old run to archive."""
     paths: TrialPaths
     archive: bool = False
     note: str = ""
@@ -88,7 +93,8 @@ def plan_folder(paths: TrialPaths, opt: dict[str, Any], replace: bool) -> Folder
     if not paths.folder.is_dir():
         raise OptionsError(f"{paths.folder} is a file, not a trial folder; move it away or choose another -t")
     old = _read_options(paths.options)
-    what = _describe_existing(paths)
+    epoch = saved_epoch(paths.checkpoint) if paths.checkpoint.is_file() else 0  # None: damaged
+    what = "a run" if epoch is None else f"a run stopped at epoch {epoch}" if epoch else "a run with no finished epoch"
     unfinished = old is not None and not paths.checkpoint.exists() and not trained_evidence(paths)
     if replace or unfinished or (old is not None and result_settings(old) == result_settings(opt)):
         return FolderPlan(paths, archive=True, note=f"{paths.folder} holds {what}: archived (renamed) before this "
@@ -109,11 +115,10 @@ def plan_folder(paths: TrialPaths, opt: dict[str, Any], replace: bool) -> Folder
 
 def run_changed_by_resume(experiments_dir: Path, trials: list[int], opt: dict[str, Any], changed: set[str],
                           table: dict[str, Field]) -> Path | None:
-    """The experiment folder of the run a resume that changes `changed` (keys a resume may change, which name a
-    folder: learning_rate, say) continues, when the run was started with a value of them that neither the command
-    nor the options file gives (e.g. --set learning_rate=100, then --resume --set learning_rate=10): the one folder
-    under `experiments_dir` where one of `trials` has a checkpoint and options that agree with `opt` on every
-    other option that names a folder. None if there is none; several are refused."""
+    """The experiment folder of a run started with a value of `changed` (keys a resume may change that name a
+    folder) that neither the command nor the options file gives (--set learning_rate=100, then --resume --set
+    learning_rate=10): the one where one of `trials` has a checkpoint and options that agree with `opt` on every
+    other option that names a folder; None if there is none, several are refused."""
     def naming(o: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in result_settings(o).items()
                 if k not in changed and (k not in table or table[k].in_name)}
@@ -143,11 +148,6 @@ def _read_options(path: Path) -> dict[str, Any] | None:
         return read_trial_options(path)
     except TrialFileRefused:
         return None
-
-
-def _describe_existing(paths: TrialPaths) -> str:
-    epoch = saved_epoch(paths.checkpoint) if paths.checkpoint.is_file() else 0  # None: damaged
-    return "a run" if epoch is None else f"a run stopped at epoch {epoch}" if epoch else "a run with no finished epoch"
 
 
 class FolderBusy(RuntimeError):
@@ -202,29 +202,12 @@ def prepare_folder(plan: FolderPlan, say: Any) -> None:
     plan.made = True
 
 
-def complete_resumed(paths: TrialPaths, ckpt: dict[str, Any], extra: dict[str, Any], opt: dict[str, Any],
-                     say: Any) -> None:
-    fixed, ended = repair(paths, ckpt, extra, opt)
-    if fixed:
-        say(f"{paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the last run stopped before "
-            "writing them)")
-    if ended:
-        say(f"{paths.folder}: the run ends at epoch {ckpt['epoch']}, as epochs={opt['epochs']} asks: wrote "
-            f"{', '.join(ended)}")
-
-
 def record_run(paths: TrialPaths, opt: dict[str, Any], argv: list[str], device: torch.device, speed: dict[str, Any],
-               seed: int, summary: str, processes: int = 1) -> None:
+               seed: int, summary: str, processes: int) -> None:
     """options.yml (the options as they run, speed settings as they apply here), run.json (one entry per start or
     resume: command, code, libraries, machine) and the network summary."""
     atomic_write_text(paths.options, options_text(opt))
-    sessions = []
-    if paths.provenance.is_file():
-        try:
-            sessions = json.loads(paths.provenance.read_text()).get("sessions", [])
-        except (OSError, ValueError, AttributeError):
-            sessions = []
-    sessions.append(session(argv, device, speed, seed, processes))
+    sessions = [*recorded_sessions(paths), session(argv, device, speed, seed, processes)]
     atomic_write_text(paths.provenance, json.dumps({"sessions": sessions}, indent=1))
     paths.summary.write_text(summary)
 
@@ -239,14 +222,12 @@ def network_summary(method: torch.nn.Module) -> str:
 
 
 # Provenance (run.json): where a run came from: the code, the libraries, the machine, the command.
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def git_state(root: Path = ROOT) -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
     """{'commit': sha or None, 'dirty': bool or None}: None where the code is not a git checkout."""
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                                  text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -266,12 +247,9 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def command_line(argv: list[str]) -> str:
-    return shlex.join([Path(sys.executable).name, "main.py", *argv])
-
-
-def session(argv: list[str], device: torch.device, speed: dict[str, Any], seed: int, processes: int = 1
+def session(argv: list[str], device: torch.device, speed: dict[str, Any], seed: int, processes: int
             ) -> dict[str, Any]:
     """One entry of a trial's run.json: a start or a resume of it (`processes`: under torchrun, how many)."""
-    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command_line(argv), "seed": seed,
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": shlex.join([Path(sys.executable).name, "main.py", *argv]), "seed": seed,
             "processes": processes, "git": git_state(), "environment": environment(device), "speed": speed}

@@ -8,7 +8,6 @@ method's `replicated_state()` is then compared across ranks, so a divergence is 
 """
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -97,9 +96,8 @@ TRAIN_SIZE = {"cifar100": 50_000, "imagenet": 1_281_167}  # training images of e
 
 def check_memory(method_cls: type[Distiller], opt: dict[str, Any], teacher_arch: str | None, trials: int,
                  device: torch.device) -> None:
-    """Refuse, before anything is built, options whose weights, optimizer state and buffers, and what the method
-    says one step allocates, would not fit (a typo in a size, say): built on the meta device, which allocates
-    nothing."""
+    """Refuse options whose weights, optimizer state, buffers and step (a typo in a size, say) would not fit: built
+    on the meta device, which allocates nothing."""
     # A per-sample memory is sized by the training set, not read yet: the full dataset's size stands in for it.
     extra = {"train_labels": torch.arange(TRAIN_SIZE[opt["dataset"]]) % opt["n_cls"]} if method_cls.needs_index else {}
     with torch.device("meta"):
@@ -125,20 +123,15 @@ def _free_bytes(device: torch.device) -> int | None:
         return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def wrap_ddp(method: Distiller, device: torch.device) -> nn.Module:
     # Buffers are not broadcast at each forward: every rank's BatchNorm sees its own batch, as in one process.
-    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-               inspect.signature(nn.parallel.DistributedDataParallel).parameters else {"broadcast_buffers": False})
-    return nn.parallel.DistributedDataParallel(
-        method, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+    return nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                               forward_sync_buffers=False)
 
 
 def sync_epoch(method: Distiller, meter: DeviceMeter) -> None:
@@ -169,6 +162,5 @@ def check_identical(method: Distiller) -> None:
 
 @torch.no_grad()
 def tensor_fingerprint(t: torch.Tensor) -> torch.Tensor:
-    """A cheap number that changes with any value of a tensor (and with their order): compared, not stored. A
-    float64 scalar on t's device; equal tensors give equal fingerprints."""
+    """A float64 scalar on t's device that changes with any value of a tensor (and with their order)."""
     return (t.double() * (1 + torch.arange(t.numel(), device=t.device).view(t.shape) % 7)).sum()

@@ -70,17 +70,22 @@ class Plan:
     folder_states: dict[int, Any] = field(default_factory=dict)  # what each trial folder held when planned
     world: int = 1  # torchrun processes
 
-
 def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> Plan:
     if len(cmd.trials) > 1 and world > 1:
         raise OptionsError("several trials train together in one process; under torchrun give one trial (-t N)")
     method_cls = method_class(opt["distill"])
-    _check_name_lengths(opt, method_cls, cmd)
+    # The trial folders' names fit the file system (checked first: a name too long fails even a look at it).
+    if opt["path"]["resume"]:
+        check_name_lengths(Path(opt["path"]["resume"]), "path.resume", "give the path of an existing trial folder")
+    else:
+        trial = experiment_folder(opt, method_cls.folder_name(opt)) / f"trial_{max(cmd.trials)}_archived_000000-000000"
+        check_name_lengths(trial, "experiment folder", "choose a shorter experiment_name (or experiments_dir)",
+                           room=100)
     if method_cls.needs_teacher:
         opt = resolve_teacher_model(opt)
     device = select_device(opt, progress.say)  # `gpu` is the command's on a resume too
     if cmd.resume or opt["path"]["resume"]:
-        plan = _resume_plan(opt, cmd, progress)
+        plan = _resume_plan(opt, cmd, method_cls, progress)
         _check_method(plan.method_cls, plan.opt, len(plan.trials), device, world)
     else:  # before anything is made per trial: a typo in a size, or -t 1-65536, is told at once
         _check_method(method_cls, opt, len(cmd.trials), device, world)
@@ -111,23 +116,30 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
     plan.opt = opt = {**opt, "speed": plan.speed.as_options(), "num_workers": effective_workers(opt, progress.say)}
     if method_cls.needs_teacher:
         plan.teacher = load_checked_teacher(opt)
-        _check_same_teacher(plan)
+        # A number that changes with any weight: a resume is given the teacher its run trained with.
+        plan.teacher_fingerprint = float(sum(tensor_fingerprint(t) for t in plan.teacher.state_dict().values()
+                                             if t.numel()))
+        for ckpt in plan.checkpoints.values():
+            recorded = ckpt.get("teacher_fingerprint")
+            if recorded is not None and abs(recorded - plan.teacher_fingerprint) > 1e-9 * max(abs(recorded), 1.0):
+                raise ResumeError(f"the teacher {opt['path']['teacher']} is not the one this run was trained with "
+                                  f"(its weights differ); resume with the run's, {ckpt['options']['path']['teacher']}")
     check_writable_folder(Path(opt["experiments_dir"]), "experiments_dir")
-    _check_trial_folders(plan)
+    # Every folder the run writes in can be written: the experiment folder (locks, new trials, archives), each
+    # trial folder, and a resumed trial's model folder.
+    check_writable_folder(plan.trials[0].paths.folder.parent, "experiment folder",
+                          "make it writable, or give this run another experiments_dir or experiment_name")
+    for trial in plan.trials:
+        folders = (trial.paths.folder, trial.paths.model_dir) if plan.checkpoints else (trial.paths.folder,)
+        for folder in folders:
+            check_writable_folder(folder, "trial folder", "move it away, or fix its permissions")
+        if plan.checkpoints and trial.paths.folder.is_dir():
+            check_resumable_files(trial.paths, opt["epochs"])
     return plan
 
 
 def _processes(n: int) -> str:
     return f"{n} process" if n == 1 else f"{n} processes"
-
-
-def _check_name_lengths(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> None:
-    """The trial folders' names fit the file system (checked first: a name too long fails even a look at it)."""
-    if opt["path"]["resume"]:
-        check_name_lengths(Path(opt["path"]["resume"]), "path.resume", "give the path of an existing trial folder")
-        return
-    trial = experiment_folder(opt, method_cls.folder_name(opt)) / f"trial_{max(cmd.trials)}_archived_000000-000000"
-    check_name_lengths(trial, "experiment folder", "choose a shorter experiment_name (or experiments_dir)", room=100)
 
 
 def _check_method(method_cls: type[Distiller], opt: dict[str, Any], trials: int, device: torch.device,
@@ -143,19 +155,6 @@ def _check_method(method_cls: type[Distiller], opt: dict[str, Any], trials: int,
     check_memory(method_cls, opt, opt["teacher_model"] if method_cls.needs_teacher else None, trials, device)
 
 
-def _check_trial_folders(plan: Plan) -> None:
-    """Every folder the run will write in can be written: the experiment folder (lock files, new trials, archives),
-    each trial folder, and a resumed trial's model folder."""
-    check_writable_folder(plan.trials[0].paths.folder.parent, "experiment folder",
-                          "make it writable, or give this run another experiments_dir or experiment_name")
-    for trial in plan.trials:
-        folders = (trial.paths.folder, trial.paths.model_dir) if plan.checkpoints else (trial.paths.folder,)
-        for folder in folders:
-            check_writable_folder(folder, "trial folder", "move it away, or fix its permissions")
-        if plan.checkpoints and trial.paths.folder.is_dir():
-            check_resumable_files(trial.paths, plan.opt["epochs"])
-
-
 def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> Plan:
     # Trial t runs with seed + t - 1 (the schema keeps room below numpy's limit); without a seed, a drawn one.
     seed = opt["seed"]
@@ -165,7 +164,8 @@ def _new_plan(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) ->
     return Plan(opt, method_cls, trials, {}, folder_states={t.paths.number: folder_state(t.paths) for t in trials})
 
 
-def _resume_targets(opt: dict[str, Any], cmd: Command) -> list[TrialPaths]:
+def _resume_targets(opt: dict[str, Any], cmd: Command, cls: type[Distiller], table: dict[str, Any]
+                    ) -> list[TrialPaths]:
     """The trials a resume continues. A run is found by the options that name its folder; a --set of one that a
     resume may change (learning_rate, say) applies to the run found with the file's value, unless a run with
     the new value exists. A run started before folder names held the options is found by the published name."""
@@ -173,13 +173,8 @@ def _resume_targets(opt: dict[str, Any], cmd: Command) -> list[TrialPaths]:
         if len(cmd.trials) > 1:
             raise OptionsError("path.resume names one trial; to resume several, give -t with --resume")
         return [resume_target(opt["path"]["resume"])]
-    cls = method_class(opt["distill"])
-    table = fields(merge_schemas(COMMON, cls.options))
     changed = {k: v for k, v in cmd.replaced.items() if k in table and table[k].resume == "change"}
-    candidates = [opt]
-    if changed:
-        flat = {**flatten(opt), **changed}
-        candidates.append(unflatten(flat))
+    candidates = [opt, unflatten({**flatten(opt), **changed})] if changed else [opt]
     folders = [experiment_folder(c, cls.folder_name(c)) for c in candidates]
     if not opt["experiment_name"]:
         folders.append(experiment_folder(opt, cls.experiment_name(opt)))
@@ -189,17 +184,15 @@ def _resume_targets(opt: dict[str, Any], cmd: Command) -> list[TrialPaths]:
             return targets
     started = run_changed_by_resume(Path(opt["experiments_dir"]), cmd.trials, opt, set(changed), table) \
         if changed and not opt["experiment_name"] else None  # started with another value than file or command
-    if started is not None:
-        return [TrialPaths(started / f"trial_{t}") for t in cmd.trials]
-    return [TrialPaths(experiment_folder(opt, cls.folder_name(opt)) / f"trial_{t}") for t in cmd.trials]
+    return [TrialPaths((started or folders[0]) / f"trial_{t}") for t in cmd.trials]
 
 
-def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
-    targets = _resume_targets(opt, cmd)
+def _resume_plan(opt: dict[str, Any], cmd: Command, cls: type[Distiller], progress: Progress) -> Plan:
+    table = fields(merge_schemas(COMMON, cls.options))
+    targets = _resume_targets(opt, cmd, cls, table)
     states = {p.number: folder_state(p) for p in targets}  # before reading: a checkpoint written later shows
     checkpoints = {p.number: load_checkpoint(p.checkpoint) for p in targets if p.checkpoint.is_file()}
-    cls = method_class(opt["distill"])
-    renamed = kept_overrides(cmd.overrides, fields(merge_schemas(COMMON, cls.options)))
+    renamed = kept_overrides(cmd.overrides, table)
     if not checkpoints and renamed and not any(p.folder.exists() for p in targets):  # the run meant is elsewhere
         raise ResumeError(f"nothing to resume at {', '.join(str(p.folder) for p in targets)}: no model/checkpoint.pth"
                           f", and --set {' '.join(renamed)} only chooses which run to resume (a resume keeps what "
@@ -217,15 +210,13 @@ def _resume_plan(opt: dict[str, Any], cmd: Command, progress: Progress) -> Plan:
     resumed = {n: resume_options(ckpt["options"], opt, cmd.overrides, schema) for n, ckpt in checkpoints.items()}
     (number, (run_opt, notes)), *others = resumed.items()
     for other, (other_opt, _) in others:  # one group trains with one set of options (the seed apart)
-        differs = _differences(run_opt, other_opt)
-        if differs:
+        if differs := _differences(run_opt, other_opt):
             raise ResumeError(f"trials {number} and {other} of {targets[0].folder.parent} were trained with different "
                               f"options ({differs}); they cannot train on as one group: resume each on its own "
                               f"(-t {number} --resume, then -t {other} --resume)")
     for line in notes:
         progress.say(line)
-    first = checkpoints[number]
-    base = int(first.get("seed", 0)) - number + 1
+    base = int(checkpoints[number].get("seed", 0)) - number + 1
     trials = []
     for paths in targets:
         ckpt = checkpoints.get(paths.number)
@@ -242,15 +233,6 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:
     fa, fb = flatten(a), flatten(b)
     keys = [k for k in dict.fromkeys([*fa, *fb]) if k != "seed" and fa.get(k) != fb.get(k)]
     return ", ".join(f"{k} {fa.get(k)!r} vs {fb.get(k)!r}" for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-
-def _check_same_teacher(plan: Plan) -> None:
-    plan.teacher_fingerprint = fingerprint(plan.teacher)
-    for ckpt in plan.checkpoints.values():
-        recorded = ckpt.get("teacher_fingerprint")
-        if recorded is not None and abs(recorded - plan.teacher_fingerprint) > 1e-9 * max(abs(recorded), 1.0):
-            raise ResumeError(f"the teacher {plan.opt['path']['teacher']} is not the one this run was trained with "
-                              f"(its weights differ); resume with the run's, {ckpt['options']['path']['teacher']}")
 
 
 def resolve_teacher_model(opt: dict[str, Any]) -> dict[str, Any]:
@@ -277,14 +259,3 @@ def load_checked_teacher(opt: dict[str, Any]) -> ZooModel:
             raise CheckpointError(f"teacher checkpoint {opt['path']['teacher']} holds a negative BatchNorm variance "
                                   f"in {name}; it is damaged: fetch or train it again")
     return teacher
-
-
-def fingerprint(model: torch.nn.Module) -> float:
-    """A number that changes with any weight: a resume checks it is given the same teacher."""
-    return float(sum(tensor_fingerprint(t) for t in model.state_dict().values() if t.numel()))
-
-
-def check_teacher_outputs(opt: dict[str, Any], test: dict[str, float]) -> None:
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), test.values())):
-        raise CheckpointError(f"teacher checkpoint {opt['path']['teacher']} gives NaN or infinite outputs on the "
-                              "test set; it is damaged or was trained on other data")

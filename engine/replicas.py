@@ -1,10 +1,10 @@
 """The trained side of a run: one trial's method, or several trials trained as one.
 
 Several trials of a pair train together with the trials as a batch dimension: their states (parameters and
-every buffer included) are stacked, and one `torch.func.vmap` of the method's own
-forward runs them all, so there is one definition of the step. The teacher is shared, frozen, and sees each
-trial's own views; everything else stays per trial. A convolution whose weights differ per trial becomes one
-grouped convolution, a linear layer one batched matmul: bigger kernels, fewer of them.
+every buffer included) are stacked, and one `torch.func.vmap` of the method's own forward runs them all, so there
+is one definition of the step. The teacher is shared, frozen, and sees each trial's own views; everything else stays
+per trial. A convolution whose weights differ per trial becomes one grouped convolution, a linear layer one batched
+matmul: bigger kernels, fewer of them.
 
 Both kinds answer the same questions, so the trainer never asks which it has: what SGD trains, what trial k
 checkpoints (in exactly a single run's format), and what the students predict. Also here: the test of one
@@ -22,6 +22,7 @@ from torch.func import functional_call, vmap
 
 from distiller import Distiller
 from engine.machine import sync_epoch
+from utils import distributed
 from utils.meter import DeviceMeter, topk_hits
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -63,7 +64,6 @@ class SingleTrial:
 
     def student_state(self, k: int) -> dict[str, torch.Tensor]:
         return self.method.student.state_dict()
-
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
         return optimizer.state_dict()
@@ -163,10 +163,9 @@ def in_eval_mode(module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Ten
 
 
 @torch.no_grad()
-def evaluate_trials(logits_of: Callable[[torch.Tensor], torch.Tensor], batches: Batches,
-                    reduce: Callable[[torch.Tensor], None] | None = None) -> list[dict[str, float]]:
+def evaluate_trials(logits_of: Callable[[torch.Tensor], torch.Tensor], batches: Batches) -> list[dict[str, float]]:
     """Per trial: loss and top-1/top-5 (%), from `logits_of(images)` shaped [trials, B, classes]; one host
-    read at the end. `reduce` sums the totals across processes when each saw a shard of the test set."""
+    read at the end (the totals summed across processes when each saw a shard of the test set)."""
     totals = None
     for images, labels in batches:
         logits = logits_of(images)
@@ -178,13 +177,12 @@ def evaluate_trials(logits_of: Callable[[torch.Tensor], torch.Tensor], batches: 
         totals = step if totals is None else totals + step
     if totals is None:
         raise ValueError("the test set is empty")
-    if reduce is not None:
-        reduce(totals)
+    if getattr(batches, "sharded", False):
+        distributed.all_reduce_sum(totals)
     return [{"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count}
             for loss, top1, top5, count in totals.tolist()]
 
 
-def evaluate(model: torch.nn.Module, batches: Batches, reduce: Callable[[torch.Tensor], None] | None = None
-             ) -> dict[str, Any]:
+def evaluate(model: torch.nn.Module, batches: Batches) -> dict[str, Any]:
     """One network's test loss and accuracy, in eval mode."""
-    return evaluate_trials(in_eval_mode(model, lambda images: model(images).unsqueeze(0)), batches, reduce)[0]
+    return evaluate_trials(in_eval_mode(model, lambda images: model(images).unsqueeze(0)), batches)[0]

@@ -5,6 +5,7 @@ the trial folders, a resume target) runs before anything is written or an old ru
 """
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 import sys
@@ -14,13 +15,12 @@ import torch
 
 from dataset import DataError
 from distiller import Distiller
-from engine.checkpoint import ResumeError, recorded_teacher_acc, saved_epoch
+from engine.checkpoint import ResumeError, recorded_teacher_acc, repair, saved_epoch
 from engine.data import TrainBatches, build_data
 from engine.folders import (
     FolderBusy,
     FolderPlan,
     check_unchanged,
-    complete_resumed,
     lock_trials,
     network_summary,
     plan_folder,
@@ -28,7 +28,7 @@ from engine.folders import (
     record_run,
 )
 from engine.machine import quiet_library_warnings
-from engine.plan import Command, Plan, check, check_teacher_outputs
+from engine.plan import Command, Plan, check
 from engine.replicas import evaluate
 from engine.step import group_builder
 from engine.trainer import RunContext, Trainer, TrainingDiverged, stopped_message
@@ -74,8 +74,12 @@ def run(opt: dict[str, Any], cmd: Command) -> None:
             progress.say(resume_line(plan))
         with distributed.agreed(USER_ERRORS):
             methods, extra = build(plan, train_batches.train_labels, test_batches, world, progress)
-        write(plan, cmd, methods[0], extra, rank, progress)
-        train(plan, cmd, train_batches, test_batches, methods, extra, rank, world, progress)
+        with distributed.agreed(USER_ERRORS):  # the other processes wait for rank 0's files, and stop if it does
+            if rank == 0:
+                write(plan, cmd, methods[0], extra, progress)
+        for line in methods[0].describe():
+            progress.say(line)
+        train(plan, train_batches, test_batches, methods, extra, rank, world, progress)
     except KeyboardInterrupt:
         progress.close()
         close_writers(plan)
@@ -125,24 +129,17 @@ def build(plan: Plan, train_labels: torch.Tensor, test_batches: Any, world: int,
     # other data), it would change the result of a finished run.
     recorded = [recorded_teacher_acc(t.paths, ckpt) for t in plan.trials
                 if (ckpt := plan.checkpoints.get(t.paths.number)) is not None]
-    if plan.teacher is not None and (_epochs_left(plan) or None in recorded):
-        reduce = distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None
-        test = evaluate(plan.teacher, test_batches, reduce)
-        check_teacher_outputs(opt, test)
+    if plan.teacher is not None and (any(t.state.epoch < opt["epochs"] for t in plan.trials) or None in recorded):
+        test = evaluate(plan.teacher, test_batches)
+        if not all(math.isfinite(v) for v in test.values()):
+            raise CheckpointError(f"teacher checkpoint {opt['path']['teacher']} gives NaN or infinite outputs on the "
+                                  "test set; it is damaged or was trained on other data")
         extra["teacher_acc"] = test["top1"]
         progress.say(f"teacher {opt['teacher_model']} test accuracy: {extra['teacher_acc']:.2f}%")
     return methods, extra
 
 
-def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], rank: int, progress: Progress) -> None:
-    with distributed.agreed(USER_ERRORS):  # the other processes wait for rank 0's files, and stop if it does
-        if rank == 0:
-            _write_files(plan, cmd, method, extra, progress)
-    for line in method.describe():
-        progress.say(line)
-
-
-def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], progress: Progress) -> None:
+def write(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, Any], progress: Progress) -> None:
     for folder in plan.folders:
         prepare_folder(folder, progress.say)
     summary = network_summary(method)
@@ -155,8 +152,14 @@ def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, A
         if ckpt is not None:
             kept = {} if "teacher_acc" in extra or plan.teacher is None else \
                 {"teacher_acc": recorded_teacher_acc(trial.paths, ckpt)}
-            complete_resumed(trial.paths, ckpt, {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed},
-                             opt, progress.say)
+            results = {**extra, **kept, "trial": trial.paths.number, "seed": trial.seed}  # beside the checkpoint's
+            fixed, ended = repair(trial.paths, ckpt, results, opt)
+            if fixed:
+                progress.say(f"{trial.paths.folder}: rewrote {', '.join(fixed)} from the last checkpoint (the last run "
+                             "stopped before writing them)")
+            if ended:
+                progress.say(f"{trial.paths.folder}: the run ends at epoch {ckpt['epoch']}, as epochs={opt['epochs']} "
+                             f"asks: wrote {', '.join(ended)}")
         record_run(trial.paths, opt, cmd.argv, plan.device, plan.opt["speed"], trial.seed, summary, plan.world)
         if trial.state.epoch >= plan.opt["epochs"]:
             continue  # nothing to log: no event file
@@ -169,8 +172,8 @@ def _write_files(plan: Plan, cmd: Command, method: Distiller, extra: dict[str, A
     progress.log_to([t.paths.log for t in plan.trials])
 
 
-def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: Any, methods: list[Distiller],
-          extra: dict[str, Any], rank: int, world: int, progress: Progress) -> None:
+def train(plan: Plan, train_batches: TrainBatches, test_batches: Any, methods: list[Distiller], extra: dict[str, Any],
+          rank: int, world: int, progress: Progress) -> None:
     opt, device = plan.opt, plan.device
     left = [t for t in plan.trials if t.state.epoch < opt["epochs"]]
     if not left:
@@ -179,8 +182,7 @@ def train(plan: Plan, cmd: Command, train_batches: TrainBatches, test_batches: A
         return
     progress.steps = len(train_batches)
     run_ctx = RunContext(opt, progress, plan.method_cls.min_batch, plan.method_cls.needs_index, len(plan.trials) > 1,
-                         rank == 0, world, extra, plan.teacher_fingerprint,
-                         distributed.all_reduce_sum if getattr(test_batches, "sharded", False) else None)
+                         rank == 0, world, extra, plan.teacher_fingerprint)
     where = plan.trials[0].paths.folder if len(plan.trials) == 1 else plan.trials[0].paths.folder.parent
     progress.say(f"training {opt['student_model']} ({opt['distill']}, {plural(len(left), 'trial')}) on {device} "
                  f"for {plural(opt['epochs'], 'epoch')}; logs in {where}")
@@ -202,21 +204,22 @@ def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], 
     run of it alone; one that stops does not stop the others."""
     progress.say(f"distill: {plan.opt['distill']} trains its trials one after another (its trials cannot be "
                  "stacked)")
-    for k, trial in enumerate(plan.trials):
-        batches = train_batches.subset([k], stacked=False)
-        build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
-        try:
-            Trainer(run_ctx, [trial], build, test_batches).fit()
-        except TrainingDiverged:
-            if k + 1 < len(plan.trials):  # what to do is said once, at the end
-                progress.say(f"error: {trial.diverged}; the other trials go on")
+    every_log = progress.logs
+    try:
+        for k, trial in enumerate(plan.trials):
+            progress.logs = [p for p in every_log if p == trial.paths.log]  # its lines in its own train.log only
+            batches = train_batches.subset([k], stacked=False)
+            build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
+            try:
+                Trainer(run_ctx, [trial], build, test_batches).fit()
+            except TrainingDiverged:
+                if k + 1 < len(plan.trials):  # what to do is said once, at the end
+                    progress.say(f"error: {trial.diverged}; the other trials go on")
+    finally:
+        progress.logs = every_log
     stopped = [t for t in plan.trials if t.diverged is not None]
     if stopped:
         raise TrainingDiverged(stopped_message(plan.trials, stopped))
-
-
-def _epochs_left(plan: Plan) -> bool:
-    return any(t.state.epoch < plan.opt["epochs"] for t in plan.trials)
 
 
 def resume_line(plan: Plan) -> str:

@@ -37,8 +37,7 @@ def train_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, views:
                labels: torch.Tensor, index: torch.Tensor | None = None, meter: DeviceMeter | None = None,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
                ) -> dict[str, torch.Tensor]:
-    """One SGD step on a batch: `views`, `labels` and, for a method that needs it, each sample's training-set
-    `index`."""
+    """One SGD step on a batch (`index`: each sample's training-set index, for a method that needs it)."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
         out = module(*views, labels) if index is None else module(*views, labels, index)
@@ -60,10 +59,6 @@ class GraphedStep:
         self.step, self.full_batch, self.warmup_left = step, full_batch, warmup_steps
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None] | None = None
-
-    def invalidate(self) -> None:
-        """Forget the graph; the next full batch captures anew."""
-        self.graph = None
 
     def __call__(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor | None = None) -> None:
         if labels.shape[-1] != self.full_batch:
@@ -107,13 +102,15 @@ class Step:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if changed and self.graphed is not None:
-            self.graphed.invalidate()
+            self.graphed.graph = None  # the next full batch captures anew
 
 
 def build_step(replicas: SingleTrial | StackedTrials, optimizer: torch.optim.Optimizer, meter: DeviceMeter | None,
                speed: Speed, device: torch.device, full_batch: int) -> Step:
     if speed.compile:
-        _raise_recompile_limit()
+        from torch import _dynamo
+        # The zoo's networks share one forward: every part, mode and batch size is a recompilation of it.
+        _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, 64)
         replicas.compile()
     replicas.set_side_stream(torch.cuda.Stream(device) if speed.streams else None)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if speed.amp \
@@ -155,12 +152,6 @@ class InitStep:
     def __call__(self, views: list[torch.Tensor], labels: torch.Tensor, index: torch.Tensor | None
                  ) -> dict[str, torch.Tensor]:
         return train_step(self.module, self.optimizer, views[:1], labels, index)
-
-
-def _raise_recompile_limit() -> None:
-    import torch._dynamo
-    # The zoo's networks share one forward: every part, mode and batch size is a recompilation of it.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
 @dataclass

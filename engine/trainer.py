@@ -30,7 +30,6 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class RunContext:
-    """What the loop needs to know about the run as a whole."""
     opt: dict[str, Any]
     progress: Progress
     min_batch: int
@@ -40,7 +39,6 @@ class RunContext:
     processes: int = 1  # under torchrun, how many train the run together
     extra: dict[str, Any] = field(default_factory=dict)  # written into every results.json (teacher_acc, ...)
     teacher_fingerprint: float | None = None
-    reduce_eval: Callable[[torch.Tensor], None] | None = None
 
 
 class Trainer:
@@ -68,9 +66,8 @@ class Trainer:
             raise TrainingDiverged(stopped_message(self.trials, failed))
 
     def init_stage(self, group: Group) -> None:
-        """A method's init stage (RepDistiller's two-stage methods: a method with one trains its trials one by
-        one), before its first epoch. Not checkpointed: a run stopped before its first epoch ends starts over.
-        TensorBoard: loss_init/total at steps 1 - init_epochs .. 0, before epoch 1's."""
+        """A method's init stage (RepDistiller's two-stage methods; not stackable), before its first epoch. Not
+        checkpointed: a run stopped before its first epoch ends starts over. Logged at steps 1 - init_epochs .. 0."""
         method = getattr(group.replicas, "method", None)
         epochs = 0 if method is None else type(method).init_epochs(self.run.opt)
         if not epochs:
@@ -114,14 +111,15 @@ class Trainer:
         group.replicas.end_epoch(group.meter)
         stats = group.meter.read()
         t_test = time.perf_counter()
-        vals = evaluate_trials(group.replicas.students(), self.test_batches, self.run.reduce_eval)
+        vals = evaluate_trials(group.replicas.students(), self.test_batches)
         times = (t_test - t0, time.perf_counter() - t_test)  # training, testing (which ends with a host read)
         progress.close()
         lines, stopped = [], []
         for k, trial in enumerate(group.trials):
             problem = _problem(stats[k], vals[k], epoch)
             state = group.replicas.trial_state(k) if problem is None else {}
-            if problem is None and not _all_finite(state):
+            floats = [t.isfinite().all() for t in state.values() if t.is_floating_point()]
+            if floats and not bool(torch.stack(floats).all()):
                 problem = f"the weights became NaN or infinite in epoch {epoch}"
             if problem is None:
                 problem = self._finish_epoch(trial, group, k, state, epoch, lr, stats[k], vals[k], times)
@@ -137,16 +135,12 @@ class Trainer:
         """The group's batches its method can train on (a smaller last batch is skipped, and said once), each with
         the samples' indices only for a method that takes them."""
         for views, labels, index in group.batches:
-            if labels.shape[-1] < self.run.min_batch:
-                self._skip_note(labels.shape[-1])
-                continue
-            yield views, labels, index if self.run.pass_index else None
-
-    def _skip_note(self, size: int) -> None:
-        if not self.skipped_note:
-            self.skipped_note = True
-            self.run.progress.say(f"note: the last batch of each epoch holds {size} image(s) and is skipped: "
-                                  f"this method trains on batches of {self.run.min_batch} or more")
+            if labels.shape[-1] >= self.run.min_batch:
+                yield views, labels, index if self.run.pass_index else None
+            elif not self.skipped_note:
+                self.skipped_note = True
+                self.run.progress.say(f"note: the last batch of each epoch holds {labels.shape[-1]} image(s) and is "
+                                      f"skipped: this method trains on batches of {self.run.min_batch} or more")
 
     def _check_running(self, group: Group, stats: list[dict[str, Any]], epoch: int) -> None:
         """Mid-epoch: a single trial stops at once; in a group the others go on to the epoch's end."""
@@ -165,10 +159,8 @@ class Trainer:
         prefix = f"{trial.label}: " if self.run.several else ""
         trial.diverged = f"{prefix}{problem}; training stopped, {kept_note}"
         if trial.writer is not None:  # nothing more is logged for it (its folder may be gone)
-            try:
+            with contextlib.suppress(OSError):
                 trial.writer.close()
-            except OSError:
-                pass
             trial.writer = None
 
     def _say_stopped(self, stopped: list[Trial]) -> None:
@@ -250,11 +242,6 @@ def _problem(train: dict[str, Any], val: dict[str, float] | None, epoch: int) ->
     if val is not None and not math.isfinite(val["loss"]):
         return f"the test loss became NaN or infinite at epoch {epoch} (lower learning_rate)"
     return None
-
-
-def _all_finite(state: dict[str, torch.Tensor]) -> bool:
-    floats = [t.isfinite().all() for t in state.values() if t.is_floating_point()]
-    return bool(torch.stack(floats).all()) if floats else True
 
 
 def _log(writer: Any, epoch: int, lr: float, train: dict[str, Any], val: dict[str, float]) -> None:

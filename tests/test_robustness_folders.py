@@ -82,8 +82,17 @@ def test_damaged_lost_or_impossible_trial_folders_are_refused(tmp_path, base):
     def lose_checkpoint(folder):
         (folder / "trial_2" / "model" / "checkpoint.pth").unlink()
 
+    def deep_run_json(folder):  # it once crashed the resume with a RecursionError
+        (folder / "trial_1" / "run.json").write_text('{"sessions": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+    def huge_run_json(folder):  # sparse: 17 MB without writing them
+        with open(folder / "trial_1" / "run.json", "r+b") as f:
+            f.truncate(17 << 20)
+
     resume = ["epochs=3", "--resume", "-t"]
     case("run_json", into_folder("trial_1/run.json"), [*resume, "1"], ["run.json is a folder", "move it away"])
+    case("run_json_deep", deep_run_json, [*resume, "1"], ["run.json nests deeper", "move it away"])
+    case("run_json_huge", huge_run_json, [*resume, "1"], ["run.json is", "over the", "move it away"])
     case("train_log", into_folder("trial_1/train.log"), [*resume, "1"], ["train.log is a folder"])
     case("results", into_folder("trial_2/results.json"), [*resume, "1-2"], ["trial_2", "results.json is a folder"])
     case("tmp", lambda folder: (folder / "trial_1/model/checkpoint.pth.tmp").mkdir(), [*resume, "1"],

@@ -133,3 +133,17 @@ def test_a_resume_of_a_run_killed_in_its_first_epoch_says_it_never_finished_one(
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "first epoch never finished" in done.stderr and "without --resume" in done.stderr, done.stderr
     assert "only chooses which run" not in done.stderr, done.stderr
+
+
+def test_each_trial_of_a_sequential_group_logs_only_its_own_epochs(tmp_path, data16, tiny_teacher):
+    """Trials trained one after another in one process: the console shows every trial's epoch lines, and each
+    trial's train.log holds its own alone (it once received the other trials' too)."""
+    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    done = run_main(["-opt", opt, "-t", "1-2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = next((tmp_path / "experiments").iterdir())
+    for t, other in ((1, 2), (2, 1)):
+        assert f"epoch 1/1 trial {t} " in done.stdout, done.stdout
+        log = (folder / f"trial_{t}" / "train.log").read_text()
+        assert f"epoch 1/1 trial {t} " in log and f"epoch 1/1 trial {other} " not in log, log
+        assert "trains its trials one after another" in log, log  # what the run said before it trained
