@@ -1,11 +1,10 @@
-"""Installing teachers from mdistiller's `cifar_teachers.tar`: every member checked before anything is
-extracted, each teacher extracted beside its place, verified by loading it as its architecture, then renamed
-into place. Used by tools/fetch_teachers.py (which downloads the archive, or takes one from disk).
+"""Installing teachers from mdistiller's `cifar_teachers.tar` (for tools/fetch_teachers.py): every member checked
+before anything is extracted, each teacher extracted beside its place, loaded as its architecture, then renamed
+into place.
 
-Sizes are bounded before anything is decompressed past them: a member whose header claims more than the
-teacher limit is refused as soon as its header is read (a compressed bomb is never expanded, not even to list
-the members after it), the members together may hold at most ARCHIVE_FACTOR times that limit, and each copy
-stops at the limit whatever the header said."""
+Sizes are bounded before anything is decompressed past them: a member whose header claims more than the teacher
+limit is refused at its header (a compressed bomb is never expanded, not even to list the members after it), all
+members together may hold ARCHIVE_FACTOR times that, and each copy stops at the limit whatever the header said."""
 from __future__ import annotations
 
 import os
@@ -83,10 +82,9 @@ def _check_archive(archive: Path) -> None:
 
 def _unsafe(member: tarfile.TarInfo, dest: Path) -> str | None:
     """Why a member must not be trusted, or None. Any such member makes the whole archive suspect."""
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
+    if member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
         return "absolute path"
-    if ".." in path.parts:
+    if ".." in PurePosixPath(member.name).parts:
         return "path outside the archive (..)"
     if member.issym() or member.islnk():
         return f"link to {member.linkname!r}"
@@ -101,7 +99,7 @@ def _unsafe(member: tarfile.TarInfo, dest: Path) -> str | None:
 
 
 def _recorded_accuracy(path: Path) -> float | None:
-    """The test accuracy CRD saved in the checkpoint ('accuracy' or 'best_acc'), if any."""
+    """The test accuracy CRD saved in the checkpoint, if any."""
     try:
         with _numpy_scalars_allowed():
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -148,7 +146,7 @@ def _list_members(tar: tarfile.TarFile, archive: Path, dest: Path, max_teacher_b
 
 
 def _copy_limited(src: Any, out: Any, limit: int, label: str) -> None:
-    """Copy at most `limit` bytes; one more is an error (the limit holds whatever a header claimed)."""
+    """Copy at most `limit` bytes; one more is an error (whatever a header claimed)."""
     done = 0
     while chunk := src.read(min(CHUNK, limit + 1 - done)):
         done += len(chunk)
@@ -159,15 +157,12 @@ def _copy_limited(src: Any, out: Any, limit: int, label: str) -> None:
 
 def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, target: Path, label: str,
                  max_teacher_bytes: int) -> None:
-    """Extract one member to a temp file beside `target`, verify it, then rename it into place."""
+    """Extract to a temp file beside `target`, verify it, then rename it into place."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{CKPT_NAME}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            src = tar.extractfile(member)
-            if src is None:
-                raise FetchError(f"{label} is not a regular file")
-            _copy_limited(src, out, max_teacher_bytes, label)
+            _copy_limited(tar.extractfile(member), out, max_teacher_bytes, label)  # a regular file: see `found`
             out.flush()
             os.fsync(out.fileno())
         try:
