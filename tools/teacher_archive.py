@@ -37,11 +37,7 @@ class FetchError(RuntimeError):
 
 
 class TeachersFailed(FetchError):
-    """Some teachers failed verification (each already reported); the good ones are in `installed`."""
-
-    def __init__(self, failed: list[str], installed: list[Path]) -> None:
-        super().__init__(f"{len(failed)} teacher(s) failed verification and were not installed: {', '.join(failed)}")
-        self.failed, self.installed = failed, installed
+    """Some teachers failed verification (each already reported); the others were installed."""
 
 
 def check_known(archs: list[str] | None) -> None:
@@ -127,22 +123,25 @@ def _over_limit(what: str, size: int, max_teacher_bytes: int) -> FetchError:
                       "(a trusted archive with larger teachers: raise --max-teacher-mb)")
 
 
-def _list_members(tar: tarfile.TarFile, archive: Path, dest: Path, max_teacher_bytes: int) -> list[tarfile.TarInfo]:
-    """The members, each checked as soon as its header is read: safe path, size within the limits."""
-    members, total = [], 0
+def _teachers(tar: tarfile.TarFile, archive: Path, dest: Path, max_teacher_bytes: int) -> dict[str, tarfile.TarInfo]:
+    """{arch: its member}, every member checked as soon as its header is read: safe path, size within the limits."""
+    found: dict[str, tarfile.TarInfo] = {}
+    count = total = 0
     while (m := tar.next()) is not None:
         reason = _unsafe(m, dest)
         if reason:
             raise FetchError(f"archive {archive} holds an unsafe member {m.name!r} ({reason}); refusing it")
         if m.size > max_teacher_bytes:
             raise _over_limit(f"archive {archive}: member {m.name!r}", m.size, max_teacher_bytes)
-        total += m.size
-        if total > ARCHIVE_FACTOR * max_teacher_bytes or len(members) >= MAX_MEMBERS:
+        total, count = total + m.size, count + 1
+        if total > ARCHIVE_FACTOR * max_teacher_bytes or count > MAX_MEMBERS:
             raise FetchError(f"archive {archive} holds more than {limit_text(ARCHIVE_FACTOR * max_teacher_bytes)} "
                              f"or {MAX_MEMBERS} members in all ({ARCHIVE_FACTOR} teachers at the "
                              f"{limit_text(max_teacher_bytes)} limit); refusing it without reading on")
-        members.append(m)
-    return members
+        match = _MEMBER_RE.match(m.name)
+        if match and m.isfile():
+            found.setdefault(match.group(1), m)
+    return found
 
 
 def _copy_limited(src: Any, out: Any, limit: int, label: str) -> None:
@@ -199,14 +198,9 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
     failed: list[str] = []
     with tar:
         try:
-            members = _list_members(tar, archive, dest, max_teacher_bytes)
+            found = _teachers(tar, archive, dest, max_teacher_bytes)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise FetchError(f"archive {archive} is corrupt or truncated ({e}); download it again") from None
-        found: dict[str, tarfile.TarInfo] = {}
-        for m in members:
-            match = _MEMBER_RE.match(m.name)
-            if match and m.isfile():
-                found.setdefault(match.group(1), m)
         if not found:
             raise FetchError(f"archive {archive} holds no cifar_teachers/<arch>_vanilla/{CKPT_NAME} files; "
                              "is it mdistiller's cifar_teachers.tar?")
@@ -242,7 +236,8 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
         if created_dest and dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()
     if failed:
-        raise TeachersFailed(failed, installed)
+        raise TeachersFailed(f"{len(failed)} teacher(s) failed verification and were not installed: "
+                             f"{', '.join(failed)}")
     return installed
 
 
