@@ -111,10 +111,10 @@ def _differs(options: dict[str, Any], ref: dict[str, Any], varying: set[str]) ->
     return {k: v for k, v in values.items() if (v != ref[k] if k in ref else k in varying)}
 
 
-def group_runs(runs: list[dict[str, Any]], paper: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def group_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows: finished and unfinished runs of one (teacher, student, method, dataset, options), in the paper's
     order; 'n' counts the finished trials (the means are theirs), 'n_unfinished' the others."""
-    paper = load_paper() if paper is None else paper
+    paper = load_paper()
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         if r["status"] in ("finished", "unfinished"):
