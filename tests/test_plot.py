@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
+import matplotlib.figure
 import numpy as np
 import pytest
 import yaml
@@ -154,6 +156,23 @@ def test_paper_comparison_labels_do_not_overlap() -> None:
     height_px = fig.get_size_inches()[1] * fig.dpi
     assert height_px >= sum(len(p["bars"]) for p in panels) * 7 * fig.dpi / 72  # at least one 7 pt line per bar
     plt.close(fig)
+
+
+def test_curves_of_more_rows_than_colours_stay_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twelve rows of one pair, more than the ten default colours: no two lines look alike."""
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *args, **kwargs: saved.append(fig))
+    groups = [{"teacher": "resnet56", "student": "resnet20", "dataset": "cifar100", "n_cls": 100, "data_folders": [],
+               "method": f"method{i}", "n": 1, "setting": "-", "differs": {}, "trials": [f"trial{i}"],
+               "teacher_acc": None, "paper": None, "paper_column": None} for i in range(12)]
+    runs = [{"path": f"trial{i}", "curve": [[1, 10.0 + i], [2, 20.0 + i]]} for i in range(12)]
+    (figure,) = plot.plot_curves(groups, runs, tmp_path)
+    assert len(figure["series"]) == 12
+    (fig,) = saved
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 12
+    looks = {(matplotlib.colors.to_hex(line.get_color()), line.get_linestyle()) for line in lines}
+    assert len(looks) == 12, sorted(looks)
 
 
 def test_speed_figure_says_it_shows_committed_measurements(tmp_path: Path) -> None:

@@ -35,11 +35,11 @@ def main() -> int:
             print(f"demo stopped: the {role} run failed (exit status {done.returncode})", file=sys.stderr)
             return done.returncode
         opt = load_options(ROOT / options)
-        folder = _trial_folder(opt)
+        folder = ROOT / experiment_folder(opt, method_class(opt["distill"]).folder_name(opt)) / "trial_1"
         results = json.loads((folder / "results.json").read_text())
-        rows.append((role, opt["student_model"], results, folder))
+        rows.append((role, opt["student_model"], results))
     print(f"\n{'':18}{'model':10}{'best top-1':>12}{'last top-1':>12}   (chance: 10%)")
-    for role, model, r, _ in rows:
+    for role, model, r in rows:
         print(f"{role:18}{model:10}{r['best_acc']:>11.2f}%{r['last_acc']:>11.2f}%")
     for tool in ("summarize.py", "plot.py"):
         print(f"\n== python tools/{tool} experiments/demo", flush=True)
@@ -60,10 +60,6 @@ options/demo_teacher.yml and options/demo_student.yml. Next, on the same data (C
   python main.py -opt options/demo_student.yml --set epochs=1 cocord.key_size=256         # a smaller run
   python tools/summarize.py experiments/demo                                    # the table, trials pooled
 (source .venv/bin/activate first.) The real runs: README.md, "The real run"."""
-
-
-def _trial_folder(opt: dict) -> Path:
-    return ROOT / experiment_folder(opt, method_class(opt["distill"]).folder_name(opt)) / "trial_1"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 
 from dataset import DataError, GPUTestLoader, build_imagenet_loaders, load_cifar100
 from dataset.constants import CIFAR_FOLDER
+from engine.data import DeviceBatches
 from engine.replicas import evaluate
 from models import CheckpointError, load_teacher, match_architectures, read_state_dict
 from utils.trialfiles import TrialFileRefused, read_trial_options
@@ -55,21 +56,6 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     return found | {"source": str(options)}
 
 
-def check_data(dataset: str, folder: str, origin: str) -> None:
-    """The CIFAR-100 folder must be there: say where it was looked for, and where that place came from."""
-    if dataset == "cifar100" and not (Path(folder).expanduser() / CIFAR_FOLDER).is_dir():
-        raise UsageError(f"CIFAR-100 not found: no {CIFAR_FOLDER}/ folder in {folder} ({origin}); give --data-folder "
-                         f"the folder that holds {CIFAR_FOLDER}/")
-
-
-def check_finite(model: torch.nn.Module, path: str) -> None:
-    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise CheckpointError(f"checkpoint {path} holds weights that are not finite (NaN or infinity, in {len(bad)} "
-                              f"tensor(s), first {bad[0]}): the run diverged before it was saved; evaluate an "
-                              "earlier checkpoint, e.g. model/best.pth")
-
-
 def pick_architecture(path: str, n_cls: int | None, arch: str | None, n_cls_from: str = "--n-cls"
                       ) -> tuple[str, int, list[str]]:
     """(architecture, classes, every candidate) for the checkpoint; the zoo is matched on keys and shapes."""
@@ -85,27 +71,20 @@ def pick_architecture(path: str, n_cls: int | None, arch: str | None, n_cls_from
 
 
 def pick_device(gpu: int | None, cpu: bool) -> torch.device:
-    if cpu:
+    if cpu or (gpu is None and not torch.cuda.is_available()):  # not asked: the first GPU if there is one
         return torch.device("cpu")
-    if gpu is None:  # not asked: the first GPU if there is one
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available() or gpu >= torch.cuda.device_count():
+    if gpu is not None and (not torch.cuda.is_available() or gpu >= torch.cuda.device_count()):
         raise UsageError(f"--gpu {gpu}: no such CUDA device ({torch.cuda.device_count()} visible); use --cpu")
-    return torch.device(f"cuda:{gpu}")
-
-
-def _on(device: torch.device, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator:
-    for images, labels in batches:
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    return torch.device(f"cuda:{gpu or 0}")
 
 
 def load_test_batches(dataset: str, folder: str, batch_size: int, device: torch.device, n_cls: int,
-                 workers: int) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
+                      workers: int) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
     """The test set in order, as (images, labels) batches on `device`, and its size."""
     if dataset == "imagenet":
         _, val = build_imagenet_loaders(folder, batch_size, 1, workers, device.type == "cuda")
         labels, count = len(val.dataset.classes), len(val.dataset)
-        batches: Iterable = _on(device, val)
+        batches: Iterable = DeviceBatches(val, device, channels_last=False)
     else:
         arrays = load_cifar100(folder, download=False)
         # The labels used, not the meta file's names: a subset (e.g. 10 of 100 classes) fits a 10-class head.
@@ -127,14 +106,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.gpu, args.cpu)
     origin = "--data-folder" if args.data_folder is not None else \
         f"the data_folder of {data['source']}" if data["source"] else "the default"
-    check_data(data["dataset"], data["data_folder"], origin)
-    batches, count = load_test_batches(data["dataset"], data["data_folder"], args.batch_size, device, n_cls,
-                                       args.workers)
+    folder = data["data_folder"]
+    if data["dataset"] == "cifar100" and not (Path(folder).expanduser() / CIFAR_FOLDER).is_dir():
+        raise UsageError(f"CIFAR-100 not found: no {CIFAR_FOLDER}/ folder in {folder} ({origin}); give "
+                         f"--data-folder the folder that holds {CIFAR_FOLDER}/")
+    batches, count = load_test_batches(data["dataset"], folder, args.batch_size, device, n_cls, args.workers)
     model = load_teacher(path, arch, n_cls)
-    check_finite(model, path)
+    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds weights that are not finite (NaN or infinity, in {len(bad)} "
+                              f"tensor(s), first {bad[0]}): the run diverged before it was saved; evaluate an "
+                              "earlier checkpoint, e.g. model/best.pth")
     scores = evaluate(model.to(device), batches)
     return {"checkpoint": str(path), "architecture": arch, "candidates": candidates, "n_cls": n_cls,
-            "dataset": data["dataset"], "data_folder": data["data_folder"], "options": data["source"],
+            "dataset": data["dataset"], "data_folder": folder, "options": data["source"],
             "images": count, "device": str(device), "top1": scores["top1"], "top5": scores["top5"],
             "loss": scores["loss"]}
 

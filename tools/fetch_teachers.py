@@ -29,20 +29,13 @@ from teacher_archive import FetchError, TeachersFailed, check_dest, check_known,
 DEFAULT_URL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 
 
-def _manual_hint(url: str) -> str:
-    return (f"download cifar_teachers.tar by hand from {url} and run "
-            "`python tools/fetch_teachers.py --archive cifar_teachers.tar`, or train a teacher: "
-            "`python main.py -opt options/train_teacher.yml --set student_model=resnet56`")
-
-
 class _TooLarge(Exception):
     """A download past its size limit (args[0]: the bytes seen or announced)."""
 
 
 def download(url: str, target: Path, timeout: float = 60.0,
              max_bytes: int = ta.ARCHIVE_FACTOR * ta.MAX_TEACHER_MIB * ta.MIB) -> None:
-    """Stream `url` into `target` (which the caller cleans up), at most `max_bytes`; FetchError on any network
-    failure or past the limit."""
+    """Stream `url` into `target` (the caller cleans it up), at most `max_bytes`; FetchError on any failure."""
     shown = False
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(target, "wb") as out:
@@ -59,10 +52,9 @@ def download(url: str, target: Path, timeout: float = 60.0,
                     last, shown = time.monotonic(), True
                     size = f"/{total / 2**20:.1f} MiB ({100 * done / total:.0f}%)" if total else " MiB"
                     print(f"\rdownloading {url}: {done / 2**20:.1f}{size}", end="", file=sys.stderr, flush=True)
-        if total and done != total:
-            reason = f"connection closed after {done} of {total} bytes"
-        else:
+        if not total or done == total:
             return
+        reason = f"connection closed after {done} of {total} bytes"
     except _TooLarge as e:
         reason = f"{e.args[0] / ta.MIB:.1f} MiB or more, over the {ta.limit_text(max_bytes)} limit for the archive"
     except urllib.error.HTTPError as e:
@@ -76,7 +68,9 @@ def download(url: str, target: Path, timeout: float = 60.0,
     finally:
         if shown:  # end the progress line so the next message starts on its own
             print(file=sys.stderr)
-    raise FetchError(f"download from {url} failed ({reason}); {_manual_hint(url)}")
+    raise FetchError(f"download from {url} failed ({reason}); download cifar_teachers.tar by hand from {url} and "
+                     "run `python tools/fetch_teachers.py --archive cifar_teachers.tar`, or train a teacher: "
+                     "`python main.py -opt options/train_teacher.yml --set student_model=resnet56`")
 
 
 def fetch(url: str = DEFAULT_URL, dest: str | os.PathLike[str] = "t_model", archs: list[str] | None = None,

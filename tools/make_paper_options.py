@@ -28,7 +28,7 @@ PAPER = Path(__file__).resolve().parent / "paper_results.yml"
 OUT_DIR = ROOT / "options" / "paper"
 TABLES = {"same_style": "Table 1", "different_style": "Table 2"}
 
-# The keys replaced, each matched once at its indentation so a changed template fails loudly
+# The keys replaced, each matched once at its indentation (_sub) so a changed template fails loudly
 # instead of silently producing files with the wrong networks.
 KEY_LINES = {
     "student_model": re.compile(r"^(student_model:\s*)\S+", re.M),
@@ -52,18 +52,26 @@ def paper_entries(path: Path = PAPER) -> list[tuple[str, dict[str, Any]]]:
     return [(TABLES.get(group, group), e) for group, entries in data.items() for e in entries]
 
 
-def render(template: str, table: str, entry: dict[str, Any]) -> str:
-    t, s = entry["teacher"], entry["student"]
-    body = template.split("\n", 1)[1]  # the template's first line names resnet56 -> resnet20
+def _sub(body: str, pattern: re.Pattern, repl: Any, key: str, where: str, hint: str = "") -> str:
+    body, n = pattern.subn(repl, body)
+    if n != 1:
+        raise SystemExit(f"{where}: expected one '{key}' line, found {n}{hint}")
+    return body
+
+
+def _pair(body: str, t: str, s: str, where: str, hint: str = "") -> str:
     values = {"student_model": s, "teacher_model": t, "teacher_path": f"./t_model/{t}/ckpt_epoch_240.pth"}
     for key, pattern in KEY_LINES.items():
-        body, n = pattern.subn(lambda m, v=values[key]: m.group(1) + v, body)
-        if n != 1:
-            raise SystemExit(f"{TEMPLATE}: expected one '{key}' line, found {n}; update {Path(__file__).name}")
+        body = _sub(body, pattern, lambda m, v=values[key]: m.group(1) + v, key, where, hint)
+    return body
+
+
+def render(template: str, table: str, entry: dict[str, Any]) -> str:
+    t, s = entry["teacher"], entry["student"]
+    hint = f"; update {Path(__file__).name}"
+    body = _pair(template.split("\n", 1)[1], t, s, str(TEMPLATE), hint)  # its first line names resnet56 -> resnet20
     if s in LOW_LR_STUDENTS:
-        body, n = LR_LINE.subn(LOW_LR_TEXT, body)
-        if n != 1:
-            raise SystemExit(f"{TEMPLATE}: expected one 'learning_rate' line, found {n}; update {Path(__file__).name}")
+        body = _sub(body, LR_LINE, LOW_LR_TEXT, "learning_rate", str(TEMPLATE), hint)
     name = f"{t}_{s}.yml"
     lr = f"# Except learning_rate: {LOW_LR} for this student, as CRD trains it (see that key).\n"
     header = (
@@ -111,17 +119,10 @@ def builds(text: str) -> bool:
 
 def render_baseline(stem: str, table: str, entry: dict[str, Any]) -> str:
     t, s = entry["teacher"], entry["student"]
-    template = (ROOT / "options" / f"train_{stem}.yml").read_text()
-    values = {"student_model": s, "teacher_model": t, "teacher_path": f"./t_model/{t}/ckpt_epoch_240.pth"}
-    body = template
-    for key, pattern in KEY_LINES.items():
-        body, n = pattern.subn(lambda m, v=values[key]: m.group(1) + v, body)
-        if n != 1:
-            raise SystemExit(f"options/train_{stem}.yml: expected one '{key}' line, found {n}")
+    where = f"options/train_{stem}.yml"
+    body = _pair((ROOT / where).read_text(), t, s, where)
     if stem == "dkd" and (t, s) in DKD_BETA:
-        body, n = BETA_LINE.subn(lambda m: m.group(1) + str(DKD_BETA[(t, s)]), body)
-        if n != 1:
-            raise SystemExit(f"options/train_{stem}.yml: expected one 'beta' line, found {n}")
+        body = _sub(body, BETA_LINE, lambda m: m.group(1) + str(DKD_BETA[(t, s)]), "beta", where)
     if s in LOW_LR_STUDENTS:
         body += f"# CRD's train_student.py trains this student at {LOW_LR}.\nlearning_rate: {LOW_LR}\n"
     column = PAPER_COLUMN.get(stem)
@@ -133,11 +134,10 @@ def render_baseline(stem: str, table: str, entry: dict[str, Any]) -> str:
 
 def outputs() -> list[tuple[Path, str]]:
     """Every file this tool writes, and its text."""
-    template = TEMPLATE.read_text()
-    files = [(OUT_DIR / f"{e['teacher']}_{e['student']}.yml", render(template, table, e))
-             for table, e in paper_entries()]
+    template, entries = TEMPLATE.read_text(), paper_entries()
+    files = [(OUT_DIR / f"{e['teacher']}_{e['student']}.yml", render(template, table, e)) for table, e in entries]
     for stem in baselines():
-        for table, e in paper_entries():
+        for table, e in entries:
             text = render_baseline(stem, table, e)
             if builds(text):
                 files.append((OUT_DIR / stem / f"{e['teacher']}_{e['student']}.yml", text))

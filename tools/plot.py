@@ -31,12 +31,14 @@ matplotlib.use("Agg")  # files only: no display needed, none opened
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import summarize
-from plot_speed import plot_speed
+from plot_speed import plot_speed, save
 from runs import collect_runs
 
 PAPER_BARS = (("student_acc", "student"), ("kd", "KD"), ("crd", "CRD"), ("cocord", "CoCoRD"),
               ("cocord_kd", "CoCoRD+KD"))  # the paper's columns beside ours, in its tables' order
-DPI = 120
+# 40 distinguishable lines: the ten default colours, solid, then dashed, dash-dotted and dotted.
+CURVE_STYLES = matplotlib.cycler(linestyle=["-", "--", "-.", ":"]) * matplotlib.cycler(
+    color=plt.get_cmap("tab10").colors)
 MAX_STEM = 80  # characters of a file name taken from model names (a file system allows 255 bytes)
 LINE_IN = 0.2  # inches per line of a bar label (7 pt text)
 
@@ -52,11 +54,6 @@ def _label(group: dict[str, Any], width: int = 60, setting: str | None = None) -
     setting = group["setting"] if setting is None else setting
     text = f"{group['method']} (n={group['n']})" + ("" if setting == "-" else " " + setting)
     return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False))
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
 
 
 def curve_series(group: dict[str, Any], curves: dict[str, list[list[float]]], label: str) -> dict[str, Any]:
@@ -90,6 +87,7 @@ def plot_curves(groups: list[dict[str, Any]], runs: list[dict[str, Any]], out: P
         if not drawn:  # histories missing (hand-made results.json): nothing to draw for this pair
             continue
         fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+        ax.set_prop_cycle(CURVE_STYLES)
         for s in drawn:
             line, = ax.plot(s["epochs"], s["mean"], label=textwrap.fill(s["label"], 60), linewidth=1.6,
                             marker="o" if len(s["epochs"]) <= 30 else None, markersize=3)
@@ -109,7 +107,7 @@ def plot_curves(groups: list[dict[str, Any]], runs: list[dict[str, Any]], out: P
         stem = name.replace(" -> ", "_to_") + ("" if summarize.paper_data(dataset, n_cls) else
                                                 f"_{dataset}_{summarize.show(n_cls)}cls")
         path = out / f"curves_{file_stem(stem)}.png"
-        _save(fig, path)
+        save(fig, path)
         figures.append({"kind": "curves", "path": str(path), "title": title, "teacher": teachers,
                         "series": drawn})
     return figures
@@ -119,17 +117,16 @@ def paper_bars(groups: list[dict[str, Any]], paper: list[dict[str, Any]]) -> tup
     """(panels, pairs left out and why): per pair of the paper's tables with runs on its data (CIFAR-100, 100
     classes), the paper's columns and our rows (the student trained alone too)."""
     order = {(e["teacher"], e["student"]): i for i, e in enumerate(paper)}
-    panels, left_out = [], []
+    panels, left_out, pairs = [], [], set()
     for g in [g for g in groups if g["teacher"] and g["method"] != "vanilla"]:
         pair = summarize.pair_name(g["teacher"], g["student"])
         if (g["teacher"], g["student"]) not in order:
             left_out.append(f"{pair}: not in the paper's tables (tools/paper_results.yml)")
         elif not summarize.paper_data(g["dataset"], g["n_cls"]):
             left_out.append(f"{pair} on {summarize.data_label(g['dataset'], g['n_cls'], g['data_folders'])}")
-    pairs = sorted({(g["teacher"], g["student"]) for g in groups if g["teacher"] and g["method"] != "vanilla"
-                    and (g["teacher"], g["student"]) in order and summarize.paper_data(g["dataset"], g["n_cls"])},
-                   key=lambda p: order[p])
-    for teacher, student in pairs:
+        else:
+            pairs.add((g["teacher"], g["student"]))
+    for teacher, student in sorted(pairs, key=lambda p: order[p]):
         entry = paper[order[(teacher, student)]]
         bars = [{"label": f"paper: {name}", "value": entry[col], "sd": None, "source": "paper"}
                 for col, name in PAPER_BARS if col in entry]
@@ -175,7 +172,7 @@ def plot_paper(groups: list[dict[str, Any]], out: Path) -> tuple[list[dict[str, 
     if not panels:
         return [], skipped
     path = out / "paper_comparison.png"
-    _save(draw_paper(panels), path)
+    save(draw_paper(panels), path)
     title = "ours beside the CoCoRD paper: " + ", ".join(p["pair"] for p in panels)
     return [{"kind": "paper", "path": str(path), "title": title, "panels": panels}], skipped
 

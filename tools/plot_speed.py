@@ -16,6 +16,11 @@ COMMITTED = Path(__file__).resolve().parents[1] / "bench" / "results"  # the pro
 MAX_FILE_BYTES = 1 << 24  # a results file is a few kilobytes
 
 
+def save(fig: plt.Figure, path: Path) -> None:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 def read_speed(bench: Path) -> dict[str, dict[str, Any]]:
     """{file stem: {"pairs": {pair: {variant: images/s}}, "device", "batch"}} from bench/*.jsonl; lines
     without rates (e.g. equivalence checks) are skipped, and so are files with none."""
@@ -68,6 +73,5 @@ def plot_speed(bench: Path, out: Path) -> list[dict[str, Any]]:
         "made on the device each panel names: not the runs above" + (", not this machine" if committed else "")
     fig.suptitle(f"{title}\n{subtitle}", fontsize=9)
     path = out / "speed.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save(fig, path)
     return [{"kind": "speed", "path": str(path), "title": title, "subtitle": subtitle, "files": files}]

@@ -54,36 +54,31 @@ def options_file(name: str) -> dict[str, Any]:
 
 def _found(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     """(trial folders, archived trial folders, notes on what was not searched) below root."""
-    trials, archived, notes = [], [], []
     if TRIAL.fullmatch(root.name) and _is_run(root):  # the root is a trial folder itself
         return [root], [], []
-    links, too_deep, visited, unreadable = 0, 0, 0, []
-    stack = [(root, 0, False)]
-    while stack:
-        folder, depth, in_archive = stack.pop()
-        visited += 1
+    trials, archived, notes, unreadable = [], [], [], []
+    links = too_deep = 0
+    walk = os.walk(root, onerror=lambda err: unreadable.append(f"{err.filename} ({err.strerror})"))
+    for visited, (folder, subfolders, _) in enumerate(walk, 1):
         if visited > MAX_FOLDERS:
             notes.append(f"stopped after {MAX_FOLDERS} folders: give a folder nearer the runs")
             break
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as err:
-            unreadable.append(f"{folder} ({err.strerror})")
-            continue
-        for entry in entries:
-            if entry.is_symlink():  # never followed: a link could lead out of the folder, or loop
-                links += entry.is_dir()
+        below = Path(folder).relative_to(root)
+        depth, in_archive = len(below.parts), "_archived_" in str(below)
+        searched = []
+        for name in sorted(subfolders):
+            path = Path(folder, name)
+            if path.is_symlink():  # never followed: a link could lead out of the folder, or loop
+                links += 1
                 continue
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            path = Path(entry.path)
-            archive = in_archive or "_archived_" in entry.name
-            if TRIAL.fullmatch(entry.name.split("_archived_")[0]) and (archive or _is_run(path)):
+            archive = in_archive or "_archived_" in name
+            if TRIAL.fullmatch(name.split("_archived_")[0]) and (archive or _is_run(path)):
                 (archived if archive else trials).append(path)  # nothing inside a run is searched
             elif depth + 1 >= MAX_DEPTH:
                 too_deep += 1
             else:
-                stack.append((path, depth + 1, archive))
+                searched.append(name)
+        subfolders[:] = searched
     if links:
         notes.append(f"{links} symlinked folder(s) not followed")
     if too_deep:
@@ -126,14 +121,6 @@ def _curve(history: Any) -> list[list[float]]:
             for h in history if isinstance(h, dict) and h.get("epoch") is not None and h.get("val_top1") is not None]
 
 
-def method_label(distill: str, loss_kd: float) -> str:
-    """The row's method: its `distill:` name, '+kd' where a KD term is added (loss_kd > 0; the KD method's
-    weight is its own loss), 'vanilla' for a network trained alone."""
-    if distill == "none":
-        return "vanilla"
-    return f"{distill}+kd" if loss_kd > 0 and distill != "kd" else distill
-
-
 def read_trial(trial: Path) -> dict[str, Any]:
     """One run as a dict; status 'damaged' (with 'error': the file and the reason) where it cannot count."""
     try:
@@ -153,7 +140,9 @@ def _read(trial: Path) -> dict[str, Any]:
         raise Damaged("options.yml: loss_kd is not a number in [0, 1e+06]") from None
     if opts is None and distill not in ("kd", "none"):  # with or without a KD term? refuse to guess
         raise Damaged("options.yml missing (needed for loss_kd, the KD weight)")
-    method = method_label(distill, loss_kd)
+    # The row's method: '+kd' where a KD term is added (the KD method's weight is its own loss), 'vanilla' for a
+    # network trained alone.
+    method = "vanilla" if distill == "none" else f"{distill}+kd" if loss_kd > 0 and distill != "kd" else distill
     flat = flatten(opts) if opts is not None else {}
     # Without options.yml only the epochs are known: such a run is never averaged with a complete one.
     options = {**options_file(DEFAULTS), **compared_options(opts)} if opts is not None else {
@@ -166,11 +155,8 @@ def _read(trial: Path) -> dict[str, Any]:
            "n_cls": _optional(flat.get("n_cls", 100), "options.yml: n_cls", 1, 10**7),
            "data_folder": str(flat["data_folder"]) if flat.get("data_folder") is not None else None,
            "options": options, "epochs": _optional(src.get("epochs"), "epochs", 0, MAX_EPOCH),
-           "last_epoch": _optional(res.get("last_epoch"), "results.json: last_epoch", 0, MAX_EPOCH),
-           "best_epoch": _optional(res.get("best_epoch"), "results.json: best_epoch", 0, MAX_EPOCH),
-           "best_acc": _optional(res.get("best_acc"), "results.json: best_acc", 0, 100),
-           "last_acc": _optional(res.get("last_acc"), "results.json: last_acc", 0, 100),
-           "teacher_acc": _optional(res.get("teacher_acc"), "results.json: teacher_acc", 0, 100),
+           **{k: _optional(res.get(k), f"results.json: {k}", 0, MAX_EPOCH if k.endswith("epoch") else 100)
+              for k in ("last_epoch", "best_epoch", "best_acc", "last_acc", "teacher_acc")},
            "curve": _curve(res.get("history")), "note": None if res else "no results.json yet"}
     lacking = [k for k in ("best_acc", "last_acc") if run[k] is None]
     if run["status"] == "finished" and lacking:

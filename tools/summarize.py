@@ -15,6 +15,7 @@ import shutil
 import statistics
 import sys
 import textwrap
+from collections import Counter
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -110,10 +111,10 @@ def _differs(options: dict[str, Any], ref: dict[str, Any], varying: set[str]) ->
     return {k: v for k, v in values.items() if (v != ref[k] if k in ref else k in varying)}
 
 
-def group_runs(runs: list[dict[str, Any]], paper: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def group_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows: finished and unfinished runs of one (teacher, student, method, dataset, options), in the paper's
     order; 'n' counts the finished trials (the means are theirs), 'n_unfinished' the others."""
-    paper = load_paper() if paper is None else paper
+    paper = load_paper()
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         if r["status"] in ("finished", "unfinished"):
@@ -142,10 +143,10 @@ def group_runs(runs: list[dict[str, Any]], paper: list[dict[str, Any]] | None = 
         n_cls = groups[key][0]["n_cls"]
         value, column = _paper_value(paper, t, s, m, paper_data(d, n_cls))
         t_acc, _ = _mean_sd([r["teacher_acc"] for r in done if r["teacher_acc"] is not None])
+        differs = {k: show(v) if v is not _MISSING else v for k, v in diffs[key].items()}
         out.append({"teacher": t, "student": s, "method": m, "dataset": d, "n_cls": n_cls,
                     "data_folders": sorted({r["data_folder"] for r in groups[key] if r["data_folder"]}),
-                    "setting": " ".join(f"{k}={show(v) if v is not _MISSING else v}" for k, v in diffs[key].items())
-                    or "-", "differs": {k: show(v) if v is not _MISSING else v for k, v in diffs[key].items()},
+                    "setting": " ".join(f"{k}={v}" for k, v in differs.items()) or "-", "differs": differs,
                     "n": len(done), "n_unfinished": len(groups[key]) - len(done), "best_mean": best_mean,
                     "best_std": best_std, "last_mean": last_mean, "last_std": last_std, "teacher_acc": t_acc,
                     "paper": value, "paper_column": column,
@@ -207,25 +208,21 @@ def _block(rows: list[dict[str, Any]], width: int) -> list[str]:
     return lines
 
 
-def summarize(root: str | Path, runs: list[dict[str, Any]] | None = None, notes: list[str] | None = None,
-              width: int | None = None) -> str:
+def summarize(root: str | Path, runs: list[dict[str, Any]], notes: list[str], width: int | None = None) -> str:
     """The text report, fitted to `width` columns (default: the terminal's): the header with the protocol,
     one block per pair, then the unfinished, damaged and archived trials."""
-    if runs is None:
-        runs, notes = collect_runs(root)
     width = width or shutil.get_terminal_size().columns
-    archived = sum(r["status"] == "archived" for r in runs)
+    counts = Counter(r["status"] for r in runs)
     if not Path(root).is_dir():
         return f"error: folder {root} not found; give the folder that holds the runs (trial_<N>/ folders below it)"
-    if len(runs) == archived:
-        extra = f" ({archived} archived trial folder(s) skipped)" if archived else ""
+    if len(runs) == counts["archived"]:
+        extra = f" ({counts['archived']} archived trial folder(s) skipped)" if runs else ""
         return f"error: no runs found in {root}: no trial_<N>/ folder holding results.json below it{extra}"
     groups = group_runs(runs)
-    counts = {s: sum(r["status"] == s for r in runs) for s in ("finished", "unfinished", "damaged")}
     lines = textwrap.wrap(f"{root}: {counts['finished']} finished trial(s), {counts['unfinished']} unfinished, "
-                          f"{counts['damaged']} damaged, in {len(groups)} row(s); {archived} archived trial "
-                          "folder(s) skipped", width)
-    lines += textwrap.wrap(PROTOCOL, width) + [f"note: {n}" for n in notes or []]
+                          f"{counts['damaged']} damaged, in {len(groups)} row(s); {counts['archived']} archived "
+                          "trial folder(s) skipped", width)
+    lines += textwrap.wrap(PROTOCOL, width) + [f"note: {n}" for n in notes]
     blocks: dict[tuple, list[dict[str, Any]]] = {}
     for g in groups:
         blocks.setdefault((g["teacher"], g["student"], g["dataset"], g["n_cls"]), []).append(g)

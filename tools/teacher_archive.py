@@ -1,11 +1,10 @@
-"""Installing teachers from mdistiller's `cifar_teachers.tar`: every member checked before anything is
-extracted, each teacher extracted beside its place, verified by loading it as its architecture, then renamed
-into place. Used by tools/fetch_teachers.py (which downloads the archive, or takes one from disk).
+"""Installing teachers from mdistiller's `cifar_teachers.tar` (for tools/fetch_teachers.py): every member checked
+before anything is extracted, each teacher extracted beside its place, loaded as its architecture, then renamed
+into place.
 
-Sizes are bounded before anything is decompressed past them: a member whose header claims more than the
-teacher limit is refused as soon as its header is read (a compressed bomb is never expanded, not even to list
-the members after it), the members together may hold at most ARCHIVE_FACTOR times that limit, and each copy
-stops at the limit whatever the header said."""
+Sizes are bounded before anything is decompressed past them: a member whose header claims more than the teacher
+limit is refused at its header (a compressed bomb is never expanded, not even to list the members after it), all
+members together may hold ARCHIVE_FACTOR times that, and each copy stops at the limit whatever the header said."""
 from __future__ import annotations
 
 import os
@@ -38,11 +37,7 @@ class FetchError(RuntimeError):
 
 
 class TeachersFailed(FetchError):
-    """Some teachers failed verification (each already reported); the good ones are in `installed`."""
-
-    def __init__(self, failed: list[str], installed: list[Path]) -> None:
-        super().__init__(f"{len(failed)} teacher(s) failed verification and were not installed: {', '.join(failed)}")
-        self.failed, self.installed = failed, installed
+    """Some teachers failed verification (each already reported); the others were installed."""
 
 
 def check_known(archs: list[str] | None) -> None:
@@ -83,10 +78,9 @@ def _check_archive(archive: Path) -> None:
 
 def _unsafe(member: tarfile.TarInfo, dest: Path) -> str | None:
     """Why a member must not be trusted, or None. Any such member makes the whole archive suspect."""
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
+    if member.name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member.name):
         return "absolute path"
-    if ".." in path.parts:
+    if ".." in PurePosixPath(member.name).parts:
         return "path outside the archive (..)"
     if member.issym() or member.islnk():
         return f"link to {member.linkname!r}"
@@ -101,7 +95,7 @@ def _unsafe(member: tarfile.TarInfo, dest: Path) -> str | None:
 
 
 def _recorded_accuracy(path: Path) -> float | None:
-    """The test accuracy CRD saved in the checkpoint ('accuracy' or 'best_acc'), if any."""
+    """The test accuracy CRD saved in the checkpoint, if any."""
     try:
         with _numpy_scalars_allowed():
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -129,26 +123,29 @@ def _over_limit(what: str, size: int, max_teacher_bytes: int) -> FetchError:
                       "(a trusted archive with larger teachers: raise --max-teacher-mb)")
 
 
-def _list_members(tar: tarfile.TarFile, archive: Path, dest: Path, max_teacher_bytes: int) -> list[tarfile.TarInfo]:
-    """The members, each checked as soon as its header is read: safe path, size within the limits."""
-    members, total = [], 0
+def _teachers(tar: tarfile.TarFile, archive: Path, dest: Path, max_teacher_bytes: int) -> dict[str, tarfile.TarInfo]:
+    """{arch: its member}, every member checked as soon as its header is read: safe path, size within the limits."""
+    found: dict[str, tarfile.TarInfo] = {}
+    count = total = 0
     while (m := tar.next()) is not None:
         reason = _unsafe(m, dest)
         if reason:
             raise FetchError(f"archive {archive} holds an unsafe member {m.name!r} ({reason}); refusing it")
         if m.size > max_teacher_bytes:
             raise _over_limit(f"archive {archive}: member {m.name!r}", m.size, max_teacher_bytes)
-        total += m.size
-        if total > ARCHIVE_FACTOR * max_teacher_bytes or len(members) >= MAX_MEMBERS:
+        total, count = total + m.size, count + 1
+        if total > ARCHIVE_FACTOR * max_teacher_bytes or count > MAX_MEMBERS:
             raise FetchError(f"archive {archive} holds more than {limit_text(ARCHIVE_FACTOR * max_teacher_bytes)} "
                              f"or {MAX_MEMBERS} members in all ({ARCHIVE_FACTOR} teachers at the "
                              f"{limit_text(max_teacher_bytes)} limit); refusing it without reading on")
-        members.append(m)
-    return members
+        match = _MEMBER_RE.match(m.name)
+        if match and m.isfile():
+            found.setdefault(match.group(1), m)
+    return found
 
 
 def _copy_limited(src: Any, out: Any, limit: int, label: str) -> None:
-    """Copy at most `limit` bytes; one more is an error (the limit holds whatever a header claimed)."""
+    """Copy at most `limit` bytes; one more is an error (whatever a header claimed)."""
     done = 0
     while chunk := src.read(min(CHUNK, limit + 1 - done)):
         done += len(chunk)
@@ -159,15 +156,12 @@ def _copy_limited(src: Any, out: Any, limit: int, label: str) -> None:
 
 def _install_one(tar: tarfile.TarFile, member: tarfile.TarInfo, arch: str, target: Path, label: str,
                  max_teacher_bytes: int) -> None:
-    """Extract one member to a temp file beside `target`, verify it, then rename it into place."""
+    """Extract to a temp file beside `target`, verify it, then rename it into place."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{CKPT_NAME}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            src = tar.extractfile(member)
-            if src is None:
-                raise FetchError(f"{label} is not a regular file")
-            _copy_limited(src, out, max_teacher_bytes, label)
+            _copy_limited(tar.extractfile(member), out, max_teacher_bytes, label)  # a regular file: see `found`
             out.flush()
             os.fsync(out.fileno())
         try:
@@ -204,14 +198,9 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
     failed: list[str] = []
     with tar:
         try:
-            members = _list_members(tar, archive, dest, max_teacher_bytes)
+            found = _teachers(tar, archive, dest, max_teacher_bytes)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise FetchError(f"archive {archive} is corrupt or truncated ({e}); download it again") from None
-        found: dict[str, tarfile.TarInfo] = {}
-        for m in members:
-            match = _MEMBER_RE.match(m.name)
-            if match and m.isfile():
-                found.setdefault(match.group(1), m)
         if not found:
             raise FetchError(f"archive {archive} holds no cifar_teachers/<arch>_vanilla/{CKPT_NAME} files; "
                              "is it mdistiller's cifar_teachers.tar?")
@@ -247,7 +236,8 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
         if created_dest and dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()
     if failed:
-        raise TeachersFailed(failed, installed)
+        raise TeachersFailed(f"{len(failed)} teacher(s) failed verification and were not installed: "
+                             f"{', '.join(failed)}")
     return installed
 
 
