@@ -61,17 +61,14 @@ class Recipe:
         cols = draws.offset_x.unsqueeze(-1) + torch.where(draws.flip.unsqueeze(-1), (size - 1) - ar, ar)
         # One gather: [..., rows, cols, 3 channels] straight from the padded images.
         pixels = padded_hwc[image[..., None, None], rows[..., :, None], cols[..., None, :]]
-        return self._normalize(pixels.reshape(-1, size, size, 3).permute(0, 3, 1, 2), channels_last)
-
-    def normalize(self, images_u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """B x 3 x S x S uint8 -> float32, normalised only (test images)."""
-        return self._normalize(images_u8, channels_last)
+        return self.normalize(pixels.reshape(-1, size, size, 3).permute(0, 3, 1, 2), channels_last)
 
     def prepare(self, device: torch.device) -> None:
         """Put the normalisation constants on `device` now, so that no epoch copies them there (a host sync)."""
         _scale_shift(self, device)
 
-    def _normalize(self, pixels: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    def normalize(self, pixels: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """B x 3 x S x S uint8 -> float32, normalised only (as test images are)."""
         scale, shift = _scale_shift(self, pixels.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         out = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device, memory_format=fmt)

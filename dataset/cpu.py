@@ -40,27 +40,20 @@ class MultiViewCIFAR(Dataset):
         return tuple(self.recipe.apply(self.recipe.pad(image), self._first, draws)), self.labels[index], index
 
 
-class _PrivateRNGBatches:
-    """Batches from `batches` with torch's CPU RNG swapped for a private state while each is made."""
-
-    def __init__(self, batches: Iterator[Any], seed: int) -> None:
-        self._batches = batches
-        self._state = torch.Generator().manual_seed(seed).get_state()
-
-    def __iter__(self) -> _PrivateRNGBatches:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def __next__(self) -> Any:
+def _with_private_rng(batches: Iterator[Any], seed: int) -> Iterator[Any]:
+    """`batches` with torch's CPU RNG swapped for a private state, seeded from `seed`, while each is made."""
+    state = torch.Generator().manual_seed(seed).get_state()
+    while True:
         outer = torch.get_rng_state()
-        torch.set_rng_state(self._state)
+        torch.set_rng_state(state)
         try:
-            return next(self._batches)
+            batch = next(batches)
+        except StopIteration:
+            return
         finally:
-            self._state = torch.get_rng_state()
+            state = torch.get_rng_state()
             torch.set_rng_state(outer)
+        yield batch
 
 
 class SeededDataLoader(DataLoader):
@@ -79,25 +72,17 @@ class SeededDataLoader(DataLoader):
         if self.num_workers > 0 or self.generator is None:
             return batches
         seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
-        return _PrivateRNGBatches(batches, seed)
+        return _with_private_rng(batches, seed)
 
 
-def build_torchvision_loaders(
-    arrays: CifarArrays,
-    batch_size: int,
-    n_views: int,
-    num_workers: int,
-    pin_memory: bool,
-    generator: torch.Generator | None = None,
-    sampler: Sampler | None = None,
-    recipe: Recipe = CIFAR100,
-) -> tuple[DataLoader, DataLoader]:
+def build_torchvision_loaders(arrays: CifarArrays, batch_size: int, n_views: int, num_workers: int, pin_memory: bool,
+                              generator: torch.Generator | None = None, sampler: Sampler | None = None,
+                              recipe: Recipe = CIFAR100) -> tuple[DataLoader, DataLoader]:
     """Train loader (shuffled, or `sampler` for distributed runs; last partial batch kept) and test loader.
 
     Train batches are `(views, labels, index)`: views a list of `n_views` tensors B x 3 x 32 x 32, index the
-    samples' positions in the training set; test batches are `(images, labels)`, not shuffled. With `generator`,
-    `generator.manual_seed(s)` before an epoch fixes its order (unless `sampler` orders it) and its views, with
-    or without workers (SeededDataLoader); without one the global torch RNG drives both, as in torch.
+    samples' positions in the training set; test batches are `(images, labels)`, in order. `generator`: as in
+    SeededDataLoader (a `sampler` orders the epoch itself).
     """
     train_set = MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views, train=True, recipe=recipe)
     test_set = MultiViewCIFAR(arrays.test_images, arrays.test_labels, train=False, recipe=recipe)

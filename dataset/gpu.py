@@ -50,12 +50,9 @@ class GPULoader:
         self.generator = _new_generator(self.device)
 
     def sibling(self) -> GPULoader:
-        """A loader over the same device tensors (no second copy of images or labels), own generator.
-
-        Batch size, views, rank/world and options are this loader's. Its generator starts as a new
-        loader's does, so after `set_epoch_seed(s)` it yields exactly what a fresh GPULoader
-        seeded with s would: trials that share one dataset on the device each draw their own epochs.
-        """
+        """This loader over the same device tensors (no second copy) with its own generator, started as a new
+        loader's: after `set_epoch_seed(s)` it yields what a fresh GPULoader seeded with s would, so trials that
+        share one dataset on the device each draw their own epochs."""
         twin = copy.copy(self)  # attributes are references: the padded set and labels are shared
         twin.generator = _new_generator(self.device)
         return twin
