@@ -1,12 +1,10 @@
 """The CIFAR training augmentation and normalisation, defined once, as tensor operations on uint8 images.
 
-A `Recipe` is a value that every CIFAR loader takes (default `CIFAR100`, the published recipe): the CPU
-loader's workers apply it to one image at a time, the device loader to whole batches on the device, through
-the same `apply`. Augmenting is two steps: `draw` the random parameters, then `apply` them. Per view, `apply`
-equals torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize for the same
-draws (tests/test_data_augment.py): crop and flip are one gather from the zero-padded image (the padding is
-black: it is added before normalising), ToTensor + Normalize one fused multiply-add. No loop over images, no
-host read, no shape that depends on values: the same code runs on the CPU and on CUDA.
+Every CIFAR loader takes a `Recipe` (default `CIFAR100`, the published one): the CPU loader's workers apply it to
+one image at a time, the device loader to whole batches. `draw` then `apply` equals, per view, torchvision's
+RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize (tests/test_data_augment.py) as one
+gather from the zero-padded image and one fused multiply-add: no loop over images, no host read, no shape that
+depends on values, so the same code runs on the CPU and on CUDA.
 """
 from __future__ import annotations
 

@@ -55,15 +55,6 @@ class CifarArrays:
         return len(self.classes)
 
 
-def check_arrays(images_u8: torch.Tensor, labels: torch.Tensor) -> None:
-    """What the loaders take: uint8 images N x 3 x 32 x 32 and N labels."""
-    size = (3, CIFAR_IMAGE_SIZE, CIFAR_IMAGE_SIZE)
-    if images_u8.dtype != torch.uint8 or images_u8.dim() != 4 or tuple(images_u8.shape[1:]) != size:
-        raise ValueError(f"images must be uint8 N x 3 x 32 x 32, got {images_u8.dtype} {tuple(images_u8.shape)}")
-    if labels.shape != (images_u8.shape[0],):
-        raise ValueError(f"labels must have shape ({images_u8.shape[0]},), got {tuple(labels.shape)}")
-
-
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickler that resolves only numpy's array-rebuilding globals."""
 

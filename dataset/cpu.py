@@ -9,22 +9,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dataset.augment import CIFAR100, Recipe
-from dataset.cifar import CifarArrays, check_arrays
+from dataset.cifar import CifarArrays
 
 
 class MultiViewCIFAR(Dataset):
-    """CIFAR images from the uint8 arrays, augmented one at a time by `recipe` (in the loader's workers).
-
-    train=True: item is `(views, label, index)`, views a tuple of `n_views` independent augmentations drawn
-    from torch's global RNG, index the item's position in the set. train=False: `(image, label)`, the
-    normalised image.
-    """
+    """CIFAR images from the uint8 arrays, augmented one at a time by `recipe` (in the loader's workers). Items:
+    train=True `(views, label, index)`, `n_views` independent views drawn from torch's global RNG and the item's
+    position in the set; train=False `(image, label)`, the image only normalised."""
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, n_views: int = 3, train: bool = True,
                  recipe: Recipe = CIFAR100) -> None:
-        check_arrays(images_u8, labels)
-        if n_views < 1:
-            raise ValueError(f"n_views must be at least 1, got {n_views}")
         self.images, self.labels = images_u8.cpu(), labels.cpu().tolist()
         self.train, self.n_views, self.recipe = train, n_views, recipe
         self._first = torch.zeros(n_views, dtype=torch.int64)  # every view is of the one padded image
@@ -57,15 +51,10 @@ def _with_private_rng(batches: Iterator[Any], seed: int) -> Iterator[Any]:
 
 
 class SeededDataLoader(DataLoader):
-    """A DataLoader whose epoch, when it has a `generator`, comes from that generator alone.
-
-    With workers torch does this already: the sampler shuffles from `generator`, and each worker's
-    torch seed is a base drawn from `generator` plus its id. Without workers the augmentation would
-    draw from the global torch RNG in this process; here they draw from a private RNG seeded from
-    `generator` when the epoch starts, swapped in around each batch, so `generator.manual_seed(s)`
-    fixes order and views and the caller's global RNG is neither used nor advanced.
-    Without a generator it is a plain DataLoader (the global RNG drives the epoch).
-    """
+    """A DataLoader whose epoch, when it has a `generator`, comes from that generator alone: `manual_seed(s)` fixes
+    order and views, and the caller's global RNG is neither used nor advanced. With workers torch does this already
+    (each worker's seed is drawn from `generator`); without, the views are drawn from a private RNG seeded from
+    `generator` as the epoch starts. Without a generator it is a plain DataLoader."""
 
     def __iter__(self) -> Iterator[Any]:
         batches = super().__iter__()
