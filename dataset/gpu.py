@@ -97,5 +97,4 @@ class GPUTestLoader:
         return math.ceil(self._labels.shape[0] / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, self._labels.shape[0], self.batch_size):
-            yield self._images[start : start + self.batch_size], self._labels[start : start + self.batch_size]
+        return zip(self._images.split(self.batch_size), self._labels.split(self.batch_size))

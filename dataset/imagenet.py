@@ -37,11 +37,8 @@ def build_imagenet_loaders(data_folder: str, batch_size: int, n_views: int, num_
                            sampler_factory: Callable[[Dataset], Sampler | None] | None = None,
                            generator: torch.Generator | None = None) -> tuple[DataLoader, DataLoader]:
     """Train: `(views, label, index)` with n_views RandomResizedCrop(224)+flip views; val: `(image, label)`.
-
-    `sampler_factory(dataset)` may return a sampler (e.g. DistributedSampler) for either split;
-    the train loader then does not shuffle by itself. `generator` alone decides the training epoch's order
-    and views (reseed it before each epoch), as in `build_torchvision_loaders`.
-    """
+    `sampler_factory(dataset)` may return a sampler (e.g. DistributedSampler) for either split; `generator`
+    alone decides the training epoch's order and views, as in `build_torchvision_loaders`."""
     root = Path(data_folder).expanduser()
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_view = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
