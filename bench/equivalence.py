@@ -66,26 +66,26 @@ def _worst(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "worst_entry": worst, "max_momentum_rel_diff": momentum, "queue_ptr_equal": ptr}
 
 
-def compare_paths(pair: str = "resnet20:resnet8", device: str = "cpu", steps: int = 3, batch: int = 16,
-                  cocord: dict | None = None, loss_kd: float = 0.0, seed: int = 0,
-                  dtype: torch.dtype = torch.float64, variant: str = "fast") -> dict:
-    """One trial: the eager step against `variant` (what of it this device runs) from one state, same views."""
-    device = torch.device(device)
-    opt = options(pair, batch, SMALL_HEADS if cocord is None else cocord, loss_kd=loss_kd)
-    methods = make_methods(opt, 1, device, dtype, seed)
-    reference_methods = copies(methods)
-    speed = on_device(VARIANTS[variant], device)
-    batches = _views(steps, 1, batch, opt["n_cls"], device, dtype, seed, speed.channels_last)
-    ref = _train(reference_methods, opt, VARIANTS["eager_gpu"], device, batches)
-    fast = _train(methods, opt, speed, device, batches)
-    return {"pair": pair, "device": str(device), "dtype": str(dtype), "steps": steps, "speed": speed.as_options(),
-            "losses": ref["losses"], **_worst(fast, ref)}
-
-
 def compare_group(pair: str = "resnet14:resnet8", trials: int = 3, device: str = "cpu", steps: int = 3,
                   batch: int = 16, cocord: dict | None = None, loss_kd: float = 0.0, seed: int = 0,
                   dtype: torch.dtype = torch.float64, variant: str = "eager_gpu") -> dict:
     """`trials` trials trained as one group (with `variant`) against each trained alone, eagerly, same views."""
+    result = _compare(pair, trials, device, steps, batch, cocord, loss_kd, seed, dtype, variant)
+    del result["losses"]
+    return result
+
+
+def compare_paths(pair: str = "resnet20:resnet8", device: str = "cpu", steps: int = 3, batch: int = 16,
+                  cocord: dict | None = None, loss_kd: float = 0.0, seed: int = 0,
+                  dtype: torch.dtype = torch.float64, variant: str = "fast") -> dict:
+    """One trial: the eager step against `variant` (what of it this device runs) from one state, same views."""
+    result = _compare(pair, 1, device, steps, batch, cocord, loss_kd, seed, dtype, variant)
+    del result["trials"]
+    return result
+
+
+def _compare(pair: str, trials: int, device: str, steps: int, batch: int, cocord: dict | None, loss_kd: float,
+             seed: int, dtype: torch.dtype, variant: str) -> dict:
     device = torch.device(device)
     opt = options(pair, batch, SMALL_HEADS if cocord is None else cocord, loss_kd=loss_kd)
     methods = make_methods(opt, trials, device, dtype, seed)
@@ -98,7 +98,7 @@ def compare_group(pair: str = "resnet14:resnet8", trials: int = 3, device: str =
     reference = {"losses": [[s["losses"][i][0] for s in singles] for i in range(steps)],
                  "states": [s["states"][0] for s in singles], "optimizers": [s["optimizers"][0] for s in singles]}
     return {"pair": pair, "trials": trials, "device": str(device), "dtype": str(dtype), "steps": steps,
-            "speed": speed.as_options(), **_worst(group, reference)}
+            "speed": speed.as_options(), "losses": reference["losses"], **_worst(group, reference)}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,8 +31,7 @@ VARIANTS = {  # the published path, and the fast path piece by piece
 def on_device(speed: Speed, device: torch.device) -> Speed:
     """What of `speed` this device can run (graphs and streams need a GPU)."""
     gpu = device.type == "cuda"
-    return Speed(speed.loader, speed.cuda_graph and gpu, speed.compile, speed.channels_last, speed.streams and gpu,
-                 speed.amp and gpu)
+    return replace(speed, cuda_graph=speed.cuda_graph and gpu, streams=speed.streams and gpu, amp=speed.amp and gpu)
 
 
 def random_arrays(n: int, seed: int = 0) -> CifarArrays:
@@ -87,14 +87,8 @@ def make_batches(arrays: CifarArrays, trials: int, speed: Speed, device: torch.d
 
 
 def copies(methods: list[Distiller]) -> list[Distiller]:
-    """Independent copies sharing the one teacher."""
-    out = []
-    for m in methods:
-        teacher, m.teacher = m.teacher, None
-        c = copy.deepcopy(m)
-        m.teacher = c.teacher = teacher
-        out.append(c)
-    return out
+    """Independent copies sharing the one teacher (the memo makes deepcopy take it as it is)."""
+    return [copy.deepcopy(m, {id(m.teacher): m.teacher}) for m in methods]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -17,11 +17,12 @@ import json
 import math
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from harness import SMALL_HEADS, make_methods, on_device, options, random_arrays, rel
+from harness import SMALL_HEADS, VARIANTS, make_methods, on_device, options, random_arrays, rel
 
 from dataset import GPULoader, GPUTestLoader
 from engine.checkpoint import Trial, TrialPaths
@@ -31,8 +32,6 @@ from engine.step import group_builder
 from engine.trainer import TIMING_KEYS, RunContext, Trainer
 from utils.progress import Progress
 from utils.rng import TrialRNG
-
-FAST = Speed(loader="gpu", cuda_graph=True, compile=True, channels_last=True, streams=True)  # main.py's default
 
 
 class Cast:
@@ -79,10 +78,10 @@ def train(speed: Speed, folder: Path, pair: str, trials: int, device: torch.devi
 def compare(pair: str = "resnet14:resnet8", trials: int = 1, device: str = "cpu", dtype: torch.dtype = torch.float64,
             images: int = 200, batch: int = 64, epochs: int = 3, compile_: bool = True) -> dict[str, Any]:
     device = torch.device(device)
-    fast = on_device(Speed(FAST.loader, FAST.cuda_graph, compile_, FAST.channels_last, FAST.streams), device)
+    fast = on_device(replace(VARIANTS["fast_compile"], compile=compile_), device)  # main.py's default
     with tempfile.TemporaryDirectory() as tmp:
         runs = {name: train(speed, Path(tmp) / name, pair, trials, device, dtype, images, batch, epochs)
-                for name, speed in (("eager", Speed(loader="gpu")), ("fast", fast))}
+                for name, speed in (("eager", VARIANTS["eager_gpu"]), ("fast", fast))}
         worst: dict[str, float] = {}
         for a, b in zip(runs["fast"], runs["eager"]):
             ca, cb = (torch.load(p.checkpoint, weights_only=True) for p in (a, b))

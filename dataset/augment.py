@@ -1,12 +1,10 @@
 """The CIFAR training augmentation and normalisation, defined once, as tensor operations on uint8 images.
 
-A `Recipe` is a value that every CIFAR loader takes (default `CIFAR100`, the published recipe): the CPU
-loader's workers apply it to one image at a time, the device loader to whole batches on the device, through
-the same `apply`. Augmenting is two steps: `draw` the random parameters, then `apply` them. Per view, `apply`
-equals torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize for the same
-draws (tests/test_data_augment.py): crop and flip are one gather from the zero-padded image (the padding is
-black: it is added before normalising), ToTensor + Normalize one fused multiply-add. No loop over images, no
-host read, no shape that depends on values: the same code runs on the CPU and on CUDA.
+Every CIFAR loader takes a `Recipe` (default `CIFAR100`, the published one): the CPU loader's workers apply it to
+one image at a time, the device loader to whole batches. `draw` then `apply` equals, per view, torchvision's
+RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize (tests/test_data_augment.py) as one
+gather from the zero-padded image and one fused multiply-add: no loop over images, no host read, no shape that
+depends on values, so the same code runs on the CPU and on CUDA.
 """
 from __future__ import annotations
 
@@ -61,17 +59,14 @@ class Recipe:
         cols = draws.offset_x.unsqueeze(-1) + torch.where(draws.flip.unsqueeze(-1), (size - 1) - ar, ar)
         # One gather: [..., rows, cols, 3 channels] straight from the padded images.
         pixels = padded_hwc[image[..., None, None], rows[..., :, None], cols[..., None, :]]
-        return self._normalize(pixels.reshape(-1, size, size, 3).permute(0, 3, 1, 2), channels_last)
-
-    def normalize(self, images_u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """B x 3 x S x S uint8 -> float32, normalised only (test images)."""
-        return self._normalize(images_u8, channels_last)
+        return self.normalize(pixels.reshape(-1, size, size, 3).permute(0, 3, 1, 2), channels_last)
 
     def prepare(self, device: torch.device) -> None:
         """Put the normalisation constants on `device` now, so that no epoch copies them there (a host sync)."""
         _scale_shift(self, device)
 
-    def _normalize(self, pixels: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    def normalize(self, pixels: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """B x 3 x S x S uint8 -> float32, normalised only (as test images are)."""
         scale, shift = _scale_shift(self, pixels.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         out = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device, memory_format=fmt)

@@ -55,15 +55,6 @@ class CifarArrays:
         return len(self.classes)
 
 
-def check_arrays(images_u8: torch.Tensor, labels: torch.Tensor) -> None:
-    """What the loaders take: uint8 images N x 3 x 32 x 32 and N labels."""
-    size = (3, CIFAR_IMAGE_SIZE, CIFAR_IMAGE_SIZE)
-    if images_u8.dtype != torch.uint8 or images_u8.dim() != 4 or tuple(images_u8.shape[1:]) != size:
-        raise ValueError(f"images must be uint8 N x 3 x 32 x 32, got {images_u8.dtype} {tuple(images_u8.shape)}")
-    if labels.shape != (images_u8.shape[0],):
-        raise ValueError(f"labels must have shape ({images_u8.shape[0]},), got {tuple(labels.shape)}")
-
-
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickler that resolves only numpy's array-rebuilding globals."""
 
@@ -112,11 +103,10 @@ def _read_split(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tenso
         raise DataError(f"{path}: 'fine_labels' is not a list of integers")
     if labels_np.shape[0] != data.shape[0]:
         raise DataError(f"{path}: {data.shape[0]} images but {labels_np.shape[0]} fine labels")
-    if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= num_classes):
-        raise DataError(
-            f"{path}: fine labels must lie in 0..{num_classes - 1}, found {labels_np.min()}..{labels_np.max()}"
-        )
-    images = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, CIFAR_IMAGE_SIZE, CIFAR_IMAGE_SIZE).copy())
+    if labels_np.min() < 0 or labels_np.max() >= num_classes:  # not empty: as many as the images
+        raise DataError(f"{path}: fine labels must lie in 0..{num_classes - 1}, found "
+                        f"{labels_np.min()}..{labels_np.max()}")
+    images = torch.from_numpy(data.reshape(-1, 3, CIFAR_IMAGE_SIZE, CIFAR_IMAGE_SIZE).copy())
     return images, torch.from_numpy(labels_np.astype(np.int64))
 
 
@@ -126,15 +116,6 @@ def _read_classes(path: Path) -> list[str]:
     if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path}: expected a dict with a non-empty 'fine_label_names' list of strings")
     return list(names)
-
-
-def _missing_message(folder: Path) -> str:
-    from torchvision.datasets import CIFAR100
-
-    return (
-        f"CIFAR-100 not found: put the '{CIFAR_FOLDER}' folder at {folder} "
-        f"(unpack {CIFAR100.url} there), or allow the download"
-    )
 
 
 def _download(data_root: Path, folder: Path) -> None:
@@ -147,9 +128,7 @@ def _download(data_root: Path, folder: Path) -> None:
     socket.setdefaulttimeout(60)  # torchvision sets none: a silent network would hang the run forever
     try:
         data_root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(
-            url=CIFAR100.url, download_root=str(data_root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
-        )
+        download_and_extract_archive(CIFAR100.url, str(data_root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
     except Exception as err:  # network down, refused, corrupted archive...: one actionable line
         partial = data_root / CIFAR100.filename
         if partial.is_file() and not folder.exists():
@@ -157,10 +136,8 @@ def _download(data_root: Path, folder: Path) -> None:
         if created and data_root.is_dir() and not any(data_root.iterdir()):
             data_root.rmdir()  # leave nothing behind from a failed attempt
         reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(
-            f"could not download CIFAR-100 ({reason}); put the '{CIFAR_FOLDER}' folder at {folder} "
-            f"(unpack {CIFAR100.url} there)"
-        ) from None
+        raise DataError(f"could not download CIFAR-100 ({reason}); put the '{CIFAR_FOLDER}' folder at {folder} "
+                        f"(unpack {CIFAR100.url} there)") from None
     finally:
         socket.setdefaulttimeout(previous)
     if not folder.is_dir():
@@ -173,7 +150,10 @@ def load_cifar100(data_folder: str, download: bool = False) -> CifarArrays:
     folder = data_root / CIFAR_FOLDER
     if not folder.is_dir():
         if not download:
-            raise DataError(_missing_message(folder))
+            from torchvision.datasets import CIFAR100
+
+            raise DataError(f"CIFAR-100 not found: put the '{CIFAR_FOLDER}' folder at {folder} "
+                            f"(unpack {CIFAR100.url} there), or allow the download")
         _download(data_root, folder)
     for name in ("train", "test", "meta"):
         if not (folder / name).is_file():

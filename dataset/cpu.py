@@ -9,22 +9,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dataset.augment import CIFAR100, Recipe
-from dataset.cifar import CifarArrays, check_arrays
+from dataset.cifar import CifarArrays
 
 
 class MultiViewCIFAR(Dataset):
-    """CIFAR images from the uint8 arrays, augmented one at a time by `recipe` (in the loader's workers).
-
-    train=True: item is `(views, label, index)`, views a tuple of `n_views` independent augmentations drawn
-    from torch's global RNG, index the item's position in the set. train=False: `(image, label)`, the
-    normalised image.
-    """
+    """CIFAR images from the uint8 arrays, augmented one at a time by `recipe` (in the loader's workers). Items:
+    train=True `(views, label, index)`, `n_views` independent views drawn from torch's global RNG and the item's
+    position in the set; train=False `(image, label)`, the image only normalised."""
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, n_views: int = 3, train: bool = True,
                  recipe: Recipe = CIFAR100) -> None:
-        check_arrays(images_u8, labels)
-        if n_views < 1:
-            raise ValueError(f"n_views must be at least 1, got {n_views}")
         self.images, self.labels = images_u8.cpu(), labels.cpu().tolist()
         self.train, self.n_views, self.recipe = train, n_views, recipe
         self._first = torch.zeros(n_views, dtype=torch.int64)  # every view is of the one padded image
@@ -40,64 +34,44 @@ class MultiViewCIFAR(Dataset):
         return tuple(self.recipe.apply(self.recipe.pad(image), self._first, draws)), self.labels[index], index
 
 
-class _PrivateRNGBatches:
-    """Batches from `batches` with torch's CPU RNG swapped for a private state while each is made."""
-
-    def __init__(self, batches: Iterator[Any], seed: int) -> None:
-        self._batches = batches
-        self._state = torch.Generator().manual_seed(seed).get_state()
-
-    def __iter__(self) -> _PrivateRNGBatches:
-        return self
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-    def __next__(self) -> Any:
+def _with_private_rng(batches: Iterator[Any], seed: int) -> Iterator[Any]:
+    """`batches` with torch's CPU RNG swapped for a private state, seeded from `seed`, while each is made."""
+    state = torch.Generator().manual_seed(seed).get_state()
+    while True:
         outer = torch.get_rng_state()
-        torch.set_rng_state(self._state)
+        torch.set_rng_state(state)
         try:
-            return next(self._batches)
+            batch = next(batches)
+        except StopIteration:
+            return
         finally:
-            self._state = torch.get_rng_state()
+            state = torch.get_rng_state()
             torch.set_rng_state(outer)
+        yield batch
 
 
 class SeededDataLoader(DataLoader):
-    """A DataLoader whose epoch, when it has a `generator`, comes from that generator alone.
-
-    With workers torch does this already: the sampler shuffles from `generator`, and each worker's
-    torch seed is a base drawn from `generator` plus its id. Without workers the augmentation would
-    draw from the global torch RNG in this process; here they draw from a private RNG seeded from
-    `generator` when the epoch starts, swapped in around each batch, so `generator.manual_seed(s)`
-    fixes order and views and the caller's global RNG is neither used nor advanced.
-    Without a generator it is a plain DataLoader (the global RNG drives the epoch).
-    """
+    """A DataLoader whose epoch, when it has a `generator`, comes from that generator alone: `manual_seed(s)` fixes
+    order and views, and the caller's global RNG is neither used nor advanced. With workers torch does this already
+    (each worker's seed is drawn from `generator`); without, the views are drawn from a private RNG seeded from
+    `generator` as the epoch starts. Without a generator it is a plain DataLoader."""
 
     def __iter__(self) -> Iterator[Any]:
         batches = super().__iter__()
         if self.num_workers > 0 or self.generator is None:
             return batches
         seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
-        return _PrivateRNGBatches(batches, seed)
+        return _with_private_rng(batches, seed)
 
 
-def build_torchvision_loaders(
-    arrays: CifarArrays,
-    batch_size: int,
-    n_views: int,
-    num_workers: int,
-    pin_memory: bool,
-    generator: torch.Generator | None = None,
-    sampler: Sampler | None = None,
-    recipe: Recipe = CIFAR100,
-) -> tuple[DataLoader, DataLoader]:
+def build_torchvision_loaders(arrays: CifarArrays, batch_size: int, n_views: int, num_workers: int, pin_memory: bool,
+                              generator: torch.Generator | None = None, sampler: Sampler | None = None,
+                              recipe: Recipe = CIFAR100) -> tuple[DataLoader, DataLoader]:
     """Train loader (shuffled, or `sampler` for distributed runs; last partial batch kept) and test loader.
 
     Train batches are `(views, labels, index)`: views a list of `n_views` tensors B x 3 x 32 x 32, index the
-    samples' positions in the training set; test batches are `(images, labels)`, not shuffled. With `generator`,
-    `generator.manual_seed(s)` before an epoch fixes its order (unless `sampler` orders it) and its views, with
-    or without workers (SeededDataLoader); without one the global torch RNG drives both, as in torch.
+    samples' positions in the training set; test batches are `(images, labels)`, in order. `generator`: as in
+    SeededDataLoader (a `sampler` orders the epoch itself).
     """
     train_set = MultiViewCIFAR(arrays.train_images, arrays.train_labels, n_views, train=True, recipe=recipe)
     test_set = MultiViewCIFAR(arrays.test_images, arrays.test_labels, train=False, recipe=recipe)

@@ -14,12 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset.cifar import _np_reconstruct  # the same reconstruction global the loader allows
 from dataset.constants import CIFAR_FOLDER, CIFAR_IMAGE_SIZE, CIFAR_NUM_CLASSES
-
-try:  # the same reconstruction global the loader allows
-    from numpy._core.multiarray import _reconstruct as _np_reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
 _DARK = 0.45  # texture contrast: the pattern's "off" pixels take this fraction of the colour
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond", "bar")
@@ -53,9 +49,8 @@ def class_names(num_classes: int = CIFAR_NUM_CLASSES) -> list[str]:
     return [f"{COLOURS[ci]}_{TEXTURES[ti]}_{SHAPES[si]}" for si, ci, ti in zip(s, c, t)]
 
 
-def _object_frame(
-    n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _object_frame(n: int, size: int, rng: np.random.Generator, r_lo: float, r_hi: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Per-image object coordinates (random centre, radius, rotation): u, v arrays N x size x size."""
     f32 = np.float32
     cy, cx = (rng.uniform(0.25, 0.75, (2, n)) * size).astype(f32)
@@ -68,9 +63,8 @@ def _object_frame(
     return cos * dx + sin * dy, cos * dy - sin * dx
 
 
-def _draw(
-    shape_id: np.ndarray, texture_id: np.ndarray, u: np.ndarray, v: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _draw(shape_id: np.ndarray, texture_id: np.ndarray, u: np.ndarray, v: np.ndarray, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the object and of its texture's "on" pixels; loops over the few ids, not images."""
     n = u.shape[0]
     mask = np.zeros(u.shape, dtype=bool)
@@ -171,38 +165,29 @@ def _write_cifar(data_folder: str, train_labels: np.ndarray, test_labels: np.nda
     test = render_images(test_labels, rng)
     _dump(_split_dict(train_labels, train, names, "training batch 1 of 1"), folder / "train")
     _dump(_split_dict(test_labels, test, names, "testing batch 1 of 1"), folder / "test")
-    _dump(
-        {"fine_label_names": names, "coarse_label_names": [f"group_{i:02d}" for i in range(CIFAR_NUM_CLASSES // 5)]},
-        folder / "meta",
-    )
+    coarse = [f"group_{i:02d}" for i in range(CIFAR_NUM_CLASSES // 5)]
+    _dump({"fine_label_names": names, "coarse_label_names": coarse}, folder / "meta")
     return folder
 
 
-def write_demo_cifar(
-    data_folder: str, num_classes: int = 10, train_per_class: int = 500, test_per_class: int = 100, seed: int = 0
-) -> Path:
-    """Write `<data_folder>/cifar-100-python/{train,test,meta}` using the first `num_classes` labels."""
-    if not 1 <= num_classes <= CIFAR_NUM_CLASSES:
-        raise ValueError(f"num_classes must be in 1..{CIFAR_NUM_CLASSES}, got {num_classes}")
-    rng = np.random.default_rng(seed)
-    train_labels = _balanced_labels(num_classes * train_per_class, num_classes, rng)
-    test_labels = _balanced_labels(num_classes * test_per_class, num_classes, rng)
-    return _write_cifar(data_folder, train_labels, test_labels, rng)
-
-
-def make_tiny_cifar(
-    data_folder: str, n_train: int = 128, n_test: int = 64, num_classes: int = 10, seed: int = 0
-) -> Path:
+def make_tiny_cifar(data_folder: str, n_train: int = 128, n_test: int = 64, num_classes: int = 10, seed: int = 0
+                    ) -> Path:
     """A few images in the real format, for fast tests (counts need not divide by num_classes)."""
     rng = np.random.default_rng(seed)
     train_labels = _balanced_labels(n_train, num_classes, rng)
-    test_labels = _balanced_labels(n_test, num_classes, rng)
-    return _write_cifar(data_folder, train_labels, test_labels, rng)
+    return _write_cifar(data_folder, train_labels, _balanced_labels(n_test, num_classes, rng), rng)
 
 
-def write_demo_imagefolder(
-    folder: str, num_classes: int = 3, per_class: int = 8, size: int = 64, seed: int = 0
-) -> Path:
+def write_demo_cifar(data_folder: str, num_classes: int = 10, train_per_class: int = 500, test_per_class: int = 100,
+                     seed: int = 0) -> Path:
+    """Write `<data_folder>/cifar-100-python/{train,test,meta}` using the first `num_classes` labels."""
+    if not 1 <= num_classes <= CIFAR_NUM_CLASSES:
+        raise ValueError(f"num_classes must be in 1..{CIFAR_NUM_CLASSES}, got {num_classes}")
+    return make_tiny_cifar(data_folder, num_classes * train_per_class, num_classes * test_per_class, num_classes, seed)
+
+
+def write_demo_imagefolder(folder: str, num_classes: int = 3, per_class: int = 8, size: int = 64, seed: int = 0
+                           ) -> Path:
     """A tiny ImageFolder tree (`train/` and `val/`, one sub-folder per class, PNG files)."""
     from PIL import Image
 

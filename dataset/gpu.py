@@ -1,7 +1,4 @@
-"""The device loader: the whole uint8 set on the device, batches augmented there (dataset/augment.py's recipe).
-
-No Python loops over images, no host syncs, no data-dependent shapes; the same code runs on CPU and CUDA.
-"""
+"""The device loader: the whole uint8 set on the device, batches augmented there (dataset/augment.py's recipe)."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +8,6 @@ from collections.abc import Iterator
 import torch
 
 from dataset.augment import CIFAR100, Draws, Recipe
-from dataset.cifar import check_arrays
 
 
 def _new_generator(device: torch.device) -> torch.Generator:
@@ -23,20 +19,14 @@ class GPULoader:
     """Training batches made on the device: `(views, labels, index)`, views a list of n_views B x 3 x 32 x 32
     (each view drawn independently by `recipe`), index the samples' positions in the training set (int64).
 
-    Reshuffled each epoch from its own generator; call `set_epoch_seed` before each epoch with a
-    seed drawn from the global torch RNG so that restoring that RNG restores order and views.
-    With world_size > 1 each rank takes `rank::world_size` of the shared permutation, padded by
-    repeating from its start as DistributedSampler does, so all ranks have equally many batches.
+    Reshuffled each epoch from its own generator, seeded by `set_epoch_seed`. With world_size > 1 each rank takes
+    `rank::world_size` of the shared permutation, padded by repeating from its start as DistributedSampler does,
+    so all ranks have equally many batches.
     """
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, n_views: int,
                  device: str | torch.device, shuffle: bool = True, drop_last: bool = False, channels_last: bool = False,
                  rank: int = 0, world_size: int = 1, recipe: Recipe = CIFAR100) -> None:
-        check_arrays(images_u8, labels)
-        if batch_size < 1 or n_views < 1:
-            raise ValueError(f"batch_size and n_views must be positive, got {batch_size} and {n_views}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         self.device = torch.device(device)
         self.batch_size, self.n_views = batch_size, n_views
         self.shuffle, self.drop_last, self.channels_last = shuffle, drop_last, channels_last
@@ -50,18 +40,14 @@ class GPULoader:
         self.generator = _new_generator(self.device)
 
     def sibling(self) -> GPULoader:
-        """A loader over the same device tensors (no second copy of images or labels), own generator.
-
-        Batch size, views, rank/world and options are this loader's. Its generator starts as a new
-        loader's does, so after `set_epoch_seed(s)` it yields exactly what a fresh GPULoader
-        seeded with s would: trials that share one dataset on the device each draw their own epochs.
-        """
+        """This loader over the same device tensors (no second copy) with its own generator, started as a new
+        loader's: after `set_epoch_seed(s)` it yields what a fresh GPULoader seeded with s would, so trials that
+        share one dataset on the device each draw their own epochs."""
         twin = copy.copy(self)  # attributes are references: the padded set and labels are shared
         twin.generator = _new_generator(self.device)
         return twin
 
-    def set_epoch_seed(self, seed: int) -> None:
-        """Seed the loader's generator for the coming epoch (order and augmentation)."""
+    def set_epoch_seed(self, seed: int) -> None:  # the coming epoch's order and augmentation
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
@@ -101,7 +87,6 @@ class GPUTestLoader:
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, device: str | torch.device,
                  channels_last: bool = False, recipe: Recipe = CIFAR100) -> None:
-        check_arrays(images_u8, labels)
         self.device = torch.device(device)
         self.batch_size = batch_size
         # Normalised once: 10k CIFAR images are 123 MB of float32; batches are then free slices.
@@ -112,5 +97,4 @@ class GPUTestLoader:
         return math.ceil(self._labels.shape[0] / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, self._labels.shape[0], self.batch_size):
-            yield self._images[start : start + self.batch_size], self._labels[start : start + self.batch_size]
+        return zip(self._images.split(self.batch_size), self._labels.split(self.batch_size))

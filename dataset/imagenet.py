@@ -33,26 +33,16 @@ def _image_folder(root: Path, transform: Callable, kind: type = datasets.ImageFo
         raise DataError(f"cannot use {root} as an ImageFolder: {' '.join(str(err).split())}") from None
 
 
-def build_imagenet_loaders(
-    data_folder: str,
-    batch_size: int,
-    n_views: int,
-    num_workers: int,
-    pin_memory: bool,
-    sampler_factory: Callable[[Dataset], Sampler | None] | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[DataLoader, DataLoader]:
+def build_imagenet_loaders(data_folder: str, batch_size: int, n_views: int, num_workers: int, pin_memory: bool,
+                           sampler_factory: Callable[[Dataset], Sampler | None] | None = None,
+                           generator: torch.Generator | None = None) -> tuple[DataLoader, DataLoader]:
     """Train: `(views, label, index)` with n_views RandomResizedCrop(224)+flip views; val: `(image, label)`.
-
-    `sampler_factory(dataset)` may return a sampler (e.g. DistributedSampler) for either split;
-    the train loader then does not shuffle by itself. `generator` alone decides the training epoch's order
-    and views (reseed it before each epoch), as in `build_torchvision_loaders`.
-    """
+    `sampler_factory(dataset)` may return a sampler (e.g. DistributedSampler) for either split; `generator`
+    alone decides the training epoch's order and views, as in `build_torchvision_loaders`."""
     root = Path(data_folder).expanduser()
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_view = transforms.Compose([
-        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize,
-    ])
+    train_view = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                     transforms.ToTensor(), normalize])
     val_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize])
     train_set = _image_folder(root / "train", train_view, _TrainFolder)
     train_set.n_views = n_views
@@ -60,8 +50,7 @@ def build_imagenet_loaders(
     train_sampler = sampler_factory(train_set) if sampler_factory else None
     val_sampler = sampler_factory(val_set) if sampler_factory else None
     common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
-    train_loader = SeededDataLoader(
-        train_set, shuffle=train_sampler is None, sampler=train_sampler, drop_last=False, generator=generator, **common
-    )
+    train_loader = SeededDataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler, drop_last=False,
+                                    generator=generator, **common)
     val_loader = DataLoader(val_set, shuffle=False, sampler=val_sampler, drop_last=False, **common)
     return train_loader, val_loader

@@ -36,11 +36,6 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def all_reduce_sum(t: torch.Tensor) -> None:
     if active():
         dist.all_reduce(t)

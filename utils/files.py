@@ -68,19 +68,17 @@ class FolderLock:
 
     def __init__(self, folder: Path, name: str):
         self.path = folder / f".{name}.lock"
-        self._lock: FileLock | None = FileLock(self.path, timeout=0)
+        self._lock = FileLock(self.path, timeout=0)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:
-            self._lock = None
             try:
                 holder = self.path.read_text(errors="replace").strip()[:80]
             except OSError:
                 holder = ""
             raise LockError(holder or "another process") from None
         except OSError as err:
-            self._lock = None
             raise _lock_problem(self.path, err) from None
         try:
             self.path.write_text(f"process {os.getpid()}")
@@ -88,9 +86,7 @@ class FolderLock:
             pass  # the name is for a second process's message only; the lock holds without it
 
     def release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._lock.release()  # a second release does nothing
 
 
 def _lock_problem(path: Path, err: OSError) -> OSError:

@@ -61,10 +61,6 @@ class TrialRNG:
             set_rng_state(outer)
         return self._state
 
-    @state.setter
-    def state(self, value: dict[str, Any]) -> None:
-        self._state = value
-
     @contextmanager
     def active(self) -> Iterator[None]:
         outer = rng_state()
@@ -72,7 +68,7 @@ class TrialRNG:
         try:
             yield
         finally:
-            self.state = rng_state()
+            self._state = rng_state()
             set_rng_state(outer)
 
     def draw_seed(self) -> int:
