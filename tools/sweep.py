@@ -3,7 +3,7 @@ each running main.py for the column's trial group, submitted through submitit.
 
     python tools/sweep.py OPTIONS.yml... [-t 1-5] [--set KEY=V1,V2 ...] [--variant 'NAME: KEY=V ...']
                           [--name NAME] [--cluster local|slurm|debug] [Slurm settings] [--dry-run]
-    python tools/sweep.py status NAME          # each column: queued, running (epoch), finished, failed (why)
+    python tools/sweep.py status NAME          # each column: queued, running (trials, epoch), finished, failed (why)
     python tools/sweep.py resubmit NAME        # the failed ones again; each resumes from its last saved epoch
 
 Everything lands in experiments/sweeps/NAME/ (runs/ holds the trial folders: `tools/summarize.py` on the sweep
@@ -32,7 +32,7 @@ from sweeping.clusters import (
 )
 from sweeping.columns import SweepError, build_columns, check_columns
 from sweeping.folder import MAIN, Sweep, create, find_sweep, plan_record
-from sweeping.status import RESUBMITTABLE, pid_alive, status_lines, sweep_status
+from sweeping.status import RESUBMITTABLE, shown, status_lines, submitter_alive, sweep_status
 
 SWEEPS_DIR = "experiments/sweeps"
 
@@ -131,10 +131,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _shown(text: str) -> str:
-    return text.replace(str(Path.cwd()) + "/", "")
-
-
 def submit(args: argparse.Namespace, argv: list[str]) -> int:
     cluster = args.cluster or "local"
     if cluster == "slurm" and not args.dry_run:
@@ -155,9 +151,9 @@ def submit(args: argparse.Namespace, argv: list[str]) -> int:
 
 def dry_run(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]) -> int:
     print(f"sweep {record['name']}: {len(columns)} columns x trials {record['trials_text']} on {record['cluster']}, "
-          f"in {_shown(str(sweep.root))} (dry run: nothing written, nothing submitted)")
+          f"in {shown(sweep.root)} (dry run: nothing written, nothing submitted)")
     for column in columns:
-        print(f"  {column['name']}: {_shown(shlex.join(['python', *column['command']]))}")
+        print(f"  {column['name']}: {shlex.join(['python', *column['command']]).replace(f'{Path.cwd()}/', '')}")
     if record["cluster"] == "slurm":
         print(f"Slurm: {'one job array of ' if len(columns) > 1 else ''}{len(columns)} job(s), each: {record['python']}"
               " -m submitit.core._submit (the column's job: main.py as above, with --resume once it has saved an "
@@ -171,23 +167,23 @@ def dry_run(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]])
 
 
 def launch(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]) -> int:
-    shown = _shown(str(sweep.root))
+    root = shown(sweep.root)
     if record["cluster"] == "slurm":
         try:
             submit_slurm(sweep, record, columns)
         except Exception as err:  # noqa: BLE001 - sbatch's refusal, whatever submitit wraps it in
             print(f"error: Slurm refused the jobs: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}"
-                  f"; fix that, then: python tools/sweep.py resubmit {shown}", file=sys.stderr)
+                  f"; fix that, then: python tools/sweep.py resubmit {root}", file=sys.stderr)
             return 1
         print(f"submitted {len(columns)} job(s) to Slurm: {', '.join(c['jobs'][-1] for c in columns)}; sweep in "
-              f"{shown}\nsee them with: python tools/sweep.py status {shown}")
+              f"{root}\nsee them with: python tools/sweep.py status {root}")
         return 0
-    print(f"sweep {record['name']}: {len(columns)} column(s) in {shown}; running them here (Ctrl-C stops them, "
+    print(f"sweep {record['name']}: {len(columns)} column(s) in {root}; running them here (Ctrl-C stops them, "
           f"each keeping its last epoch)", flush=True)
     try:
         run_here(sweep, record, columns, lambda line: print(line, flush=True))
     except KeyboardInterrupt:
-        print(f"\nstopped; continue with: python tools/sweep.py resubmit {shown}", file=sys.stderr)
+        print(f"\nstopped; continue with: python tools/sweep.py resubmit {root}", file=sys.stderr)
         return 130
     statuses = sweep_status(sweep, record)
     print("\n".join(status_lines(sweep, record, statuses)))
@@ -197,8 +193,8 @@ def launch(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]) 
 def resubmit(args: argparse.Namespace) -> int:
     sweep = find_sweep(args.name, args.sweeps_dir)
     record = sweep.load()
-    submitter = record.get("submitter")
-    if submitter and pid_alive(submitter.get("pid"), submitter.get("host")) is not False:
+    if submitter_alive(record):
+        submitter = record["submitter"]
         raise SweepError(f"the sweep still runs in process {submitter['pid']} on {submitter['host']}; resubmit "
                          "after it ends (or stop it with Ctrl-C)")
     statuses = sweep_status(sweep, record)

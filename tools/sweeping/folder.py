@@ -48,8 +48,8 @@ class Sweep:
     def job(self, record: dict[str, Any], column: dict[str, Any]) -> ColumnJob:
         """The job for the column's next submission."""
         return ColumnJob(column["name"], [record["python"], *column["command"]], record["cwd"],
-                         str(self.runs / column["name"]), record["trials"], column["epochs"],
-                         str(self.jobs / f"{column['name']}.json"), len(column["jobs"]) + 1)
+                         self.runs / column["name"], record["trials"], column["epochs"],
+                         self.jobs / f"{column['name']}.json", len(column["jobs"]) + 1)
 
 
 def find_sweep(name: str, sweeps_dir: str) -> Sweep:
