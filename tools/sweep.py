@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import re
 import shlex
 import sys
@@ -47,25 +48,20 @@ def parse_trials(text: str) -> list[int]:
 
 def trials_text(trials: list[int]) -> str:
     """[1, 2, 3, 5] -> '1-3,5', as -t takes it."""
-    runs: list[list[int]] = []
-    for t in trials:
-        if runs and t == runs[-1][-1] + 1:
-            runs[-1].append(t)
-        else:
-            runs.append([t])
+    runs = [[t for _, t in run] for _, run in itertools.groupby(enumerate(trials), lambda it: it[1] - it[0])]
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-def _count(text: str) -> int:
+def _count(text: str, least: int = 0) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if int(text) < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
 
 
 def _positive(text: str) -> int:
-    if _count(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
+    return _count(text, least=1)
 
 
 def _gpu_list(text: str) -> list[int]:
