@@ -35,7 +35,7 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: a file nested thousands deep
         return None
 
 
@@ -46,7 +46,6 @@ def trial_results(runs: Path, trials: list[int]) -> list[dict[str, Any] | None]:
 
 
 def trained(results: dict[str, Any] | None, epochs: int) -> bool:
-    """Whether a trial has trained all its epochs."""
     return bool(results and results.get("finished") and (results.get("last_epoch") or 0) >= epochs)
 
 

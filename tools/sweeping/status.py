@@ -28,9 +28,7 @@ class ColumnStatus:
     name: str
     state: str  # queued, running, requeued, finished, failed, not started
     trials: str  # trials that have trained every epoch, of the column's: 2/5
-    # The furthest epoch of the trials still training, of the column's epochs (57/240): the trials of a method
-    # that cannot be stacked train one after the other, the others together.
-    epoch: str
+    epoch: str  # the furthest epoch of the trials still training (57/240): unstacked trials train one by one
     job: str
     note: str = ""
 
@@ -130,7 +128,7 @@ def status_lines(sweep: Sweep, record: dict[str, Any], statuses: list[ColumnStat
     root = shown(sweep.root)
     lines = [f"sweep {record['name']}: {len(statuses)} column(s) x trials {record['trials_text']} on "
              f"{record['cluster']}, in {root}"]
-    width = max(len(s.name) for s in statuses)
+    width = max(len("column"), *(len(s.name) for s in statuses))  # a short name under the header
     jobs = max(len(s.job) for s in statuses)
     lines.append(f"  {'column':<{width}}  {'state':<11}  {'trials':>6}  {'epoch':>9}  job")
     for s in statuses:
@@ -148,7 +146,6 @@ def status_lines(sweep: Sweep, record: dict[str, Any], statuses: list[ColumnStat
 
 
 def shown(path: Path) -> str:
-    """A path relative to the working folder where it lies in it, as the user would type it."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
