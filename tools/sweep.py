@@ -12,9 +12,9 @@ folder gives its table). How it works, and the paper's table on Slurm: docs/swee
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import re
+import runpy
 import shlex
 import sys
 import time
@@ -39,11 +39,8 @@ SWEEPS_DIR = "experiments/sweeps"
 
 
 def parse_trials(text: str) -> list[int]:
-    """main.py's own reading of -t (1-5, 1,3): its module is loaded from the file, it imports no torch."""
-    spec = importlib.util.spec_from_file_location("cocord_main", MAIN)
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
-    return entry.parse_trials(text)
+    """main.py's own reading of -t (1-5, 1,3), run from its file (it imports no torch)."""
+    return runpy.run_path(str(MAIN))["parse_trials"](text)
 
 
 def trials_text(trials: list[int]) -> str:
