@@ -43,24 +43,16 @@ def minutes(text: str) -> int:
 
 
 def slurm_parameters(settings: dict[str, Any], name: str) -> dict[str, Any]:
-    """SlurmExecutor's parameters (sbatch's names) from the sweep's settings."""
-    params: dict[str, Any] = {"job_name": f"sweep_{name}", "time": minutes(settings["time"] or SLURM_TIME),
-                              "cpus_per_task": settings["cpus_per_job"], "signal_delay_s": settings["signal_delay_s"],
-                              "ntasks_per_node": 1, "nodes": 1}
-    if settings["gpus_per_job"]:  # 0: a CPU partition, no --gpus-per-node at all
-        params["gpus_per_node"] = settings["gpus_per_job"]
-    for key in ("partition", "account", "array_parallelism"):
-        if settings[key] is not None:
-            params[key] = settings[key]
-    if settings["mem_gb"] is not None:
-        params["mem"] = f"{settings['mem_gb']:g}GB"
-    extra = {}
-    for flag in settings["sbatch"]:  # `constraint=a100`, `--qos=high`, `requeue` (a flag without value)
-        key, eq, value = flag.removeprefix("--").partition("=")
-        extra[key] = value if eq else True
-    if extra:
-        params["additional_parameters"] = extra
-    return params
+    """SlurmExecutor's parameters (sbatch's names) from the sweep's settings; those unset are Slurm's to decide."""
+    flags = [flag.removeprefix("--").partition("=") for flag in settings["sbatch"]]  # qos=high, requeue (no value)
+    params = {"job_name": f"sweep_{name}", "time": minutes(settings["time"] or SLURM_TIME),
+              "cpus_per_task": settings["cpus_per_job"], "signal_delay_s": settings["signal_delay_s"],
+              "ntasks_per_node": 1, "nodes": 1, "partition": settings["partition"], "account": settings["account"],
+              "array_parallelism": settings["array_parallelism"],
+              "gpus_per_node": settings["gpus_per_job"] or None,  # 0: a CPU partition, no --gpus-per-node at all
+              "mem": None if settings["mem_gb"] is None else f"{settings['mem_gb']:g}GB",
+              "additional_parameters": {key: value if eq else True for key, eq, value in flags} or None}
+    return {key: value for key, value in params.items() if value is not None}
 
 
 def check_slurm_here() -> None:
