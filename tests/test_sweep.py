@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +119,27 @@ def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
     assert "loss_cls=1 " in commands[0] and "loss_cls=2 " in commands[1]
     assert "submitit.core._submit" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]  # nothing written
+
+
+def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path):
+    """Trials that train one after another (a method that cannot be stacked): the column's progress is its
+    finished trials and the epoch of the one in training, not the lowest epoch (0 until its last trial starts)."""
+    root = tmp_path / "s"
+    record = {"name": "s", "cluster": "local", "trials": [1, 2, 3], "trials_text": "1-3", "submitter": None,
+              "columns": [{"name": "1-crd", "epochs": 240, "jobs": [str(os.getpid())]}]}
+    for trial, epoch in ((1, 240), (2, 57)):
+        results = root / "runs" / "1-crd" / "exp" / f"trial_{trial}" / "results.json"
+        results.parent.mkdir(parents=True)
+        results.write_text(json.dumps({"last_epoch": epoch, "finished": epoch == 240}))
+    (root / "jobs").mkdir()
+    (root / "jobs" / "1-crd.json").write_text(json.dumps({"state": "running", "attempt": 1, "pid": os.getpid(),
+                                                          "host": socket.gethostname()}))
+    (root / "sweep.json").write_text(json.dumps(record))
+    done = sweep(["status", str(root)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    header, row = (line.split() for line in done.stdout.splitlines()[1:3])
+    assert header == ["column", "state", "trials", "epoch", "job"]
+    assert row == ["1-crd", "running", "1/3", "57/240", str(os.getpid())]
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ each running main.py for the column's trial group, submitted through submitit.
 
     python tools/sweep.py OPTIONS.yml... [-t 1-5] [--set KEY=V1,V2 ...] [--variant 'NAME: KEY=V ...']
                           [--name NAME] [--cluster local|slurm|debug] [Slurm settings] [--dry-run]
-    python tools/sweep.py status NAME          # each column: queued, running (epoch), finished, failed (why)
+    python tools/sweep.py status NAME          # each column: queued, running (trials, epoch), finished, failed (why)
     python tools/sweep.py resubmit NAME        # the failed ones again; each resumes from its last saved epoch
 
 Everything lands in experiments/sweeps/NAME/ (runs/ holds the trial folders: `tools/summarize.py` on the sweep
@@ -12,8 +12,9 @@ folder gives its table). How it works, and the paper's table on Slurm: docs/swee
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import itertools
 import re
+import runpy
 import shlex
 import sys
 import time
@@ -32,40 +33,32 @@ from sweeping.clusters import (
 )
 from sweeping.columns import SweepError, build_columns, check_columns
 from sweeping.folder import MAIN, Sweep, create, find_sweep, plan_record
-from sweeping.status import RESUBMITTABLE, pid_alive, status_lines, sweep_status
+from sweeping.status import RESUBMITTABLE, shown, status_lines, submitter_alive, sweep_status
 
 SWEEPS_DIR = "experiments/sweeps"
 
 
 def parse_trials(text: str) -> list[int]:
-    """main.py's own reading of -t (1-5, 1,3): its module is loaded from the file, it imports no torch."""
-    spec = importlib.util.spec_from_file_location("cocord_main", MAIN)
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
-    return entry.parse_trials(text)
+    """main.py's own reading of -t (1-5, 1,3), run from its file (it imports no torch)."""
+    return runpy.run_path(str(MAIN))["parse_trials"](text)
 
 
 def trials_text(trials: list[int]) -> str:
     """[1, 2, 3, 5] -> '1-3,5', as -t takes it."""
-    runs: list[list[int]] = []
-    for t in trials:
-        if runs and t == runs[-1][-1] + 1:
-            runs[-1].append(t)
-        else:
-            runs.append([t])
+    runs = [[t for _, t in run] for _, run in itertools.groupby(enumerate(trials), lambda it: it[1] - it[0])]
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-def _count(text: str) -> int:
+def _count(text: str, least: int = 0) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if int(text) < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
 
 
 def _positive(text: str) -> int:
-    if _count(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
+    return _count(text, least=1)
 
 
 def _gpu_list(text: str) -> list[int]:
@@ -131,10 +124,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _shown(text: str) -> str:
-    return text.replace(str(Path.cwd()) + "/", "")
-
-
 def submit(args: argparse.Namespace, argv: list[str]) -> int:
     cluster = args.cluster or "local"
     if cluster == "slurm" and not args.dry_run:
@@ -155,9 +144,9 @@ def submit(args: argparse.Namespace, argv: list[str]) -> int:
 
 def dry_run(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]) -> int:
     print(f"sweep {record['name']}: {len(columns)} columns x trials {record['trials_text']} on {record['cluster']}, "
-          f"in {_shown(str(sweep.root))} (dry run: nothing written, nothing submitted)")
+          f"in {shown(sweep.root)} (dry run: nothing written, nothing submitted)")
     for column in columns:
-        print(f"  {column['name']}: {_shown(shlex.join(['python', *column['command']]))}")
+        print(f"  {column['name']}: {shlex.join(['python', *column['command']]).replace(f'{Path.cwd()}/', '')}")
     if record["cluster"] == "slurm":
         print(f"Slurm: {'one job array of ' if len(columns) > 1 else ''}{len(columns)} job(s), each: {record['python']}"
               " -m submitit.core._submit (the column's job: main.py as above, with --resume once it has saved an "
@@ -171,23 +160,23 @@ def dry_run(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]])
 
 
 def launch(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]) -> int:
-    shown = _shown(str(sweep.root))
+    root = shown(sweep.root)
     if record["cluster"] == "slurm":
         try:
             submit_slurm(sweep, record, columns)
         except Exception as err:  # noqa: BLE001 - sbatch's refusal, whatever submitit wraps it in
             print(f"error: Slurm refused the jobs: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}"
-                  f"; fix that, then: python tools/sweep.py resubmit {shown}", file=sys.stderr)
+                  f"; fix that, then: python tools/sweep.py resubmit {root}", file=sys.stderr)
             return 1
         print(f"submitted {len(columns)} job(s) to Slurm: {', '.join(c['jobs'][-1] for c in columns)}; sweep in "
-              f"{shown}\nsee them with: python tools/sweep.py status {shown}")
+              f"{root}\nsee them with: python tools/sweep.py status {root}")
         return 0
-    print(f"sweep {record['name']}: {len(columns)} column(s) in {shown}; running them here (Ctrl-C stops them, "
+    print(f"sweep {record['name']}: {len(columns)} column(s) in {root}; running them here (Ctrl-C stops them, "
           f"each keeping its last epoch)", flush=True)
     try:
         run_here(sweep, record, columns, lambda line: print(line, flush=True))
     except KeyboardInterrupt:
-        print(f"\nstopped; continue with: python tools/sweep.py resubmit {shown}", file=sys.stderr)
+        print(f"\nstopped; continue with: python tools/sweep.py resubmit {root}", file=sys.stderr)
         return 130
     statuses = sweep_status(sweep, record)
     print("\n".join(status_lines(sweep, record, statuses)))
@@ -197,8 +186,8 @@ def launch(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]) 
 def resubmit(args: argparse.Namespace) -> int:
     sweep = find_sweep(args.name, args.sweeps_dir)
     record = sweep.load()
-    submitter = record.get("submitter")
-    if submitter and pid_alive(submitter.get("pid"), submitter.get("host")) is not False:
+    if submitter_alive(record):
+        submitter = record["submitter"]
         raise SweepError(f"the sweep still runs in process {submitter['pid']} on {submitter['host']}; resubmit "
                          "after it ends (or stop it with Ctrl-C)")
     statuses = sweep_status(sweep, record)

@@ -43,24 +43,16 @@ def minutes(text: str) -> int:
 
 
 def slurm_parameters(settings: dict[str, Any], name: str) -> dict[str, Any]:
-    """SlurmExecutor's parameters (sbatch's names) from the sweep's settings."""
-    params: dict[str, Any] = {"job_name": f"sweep_{name}", "time": minutes(settings["time"] or SLURM_TIME),
-                              "cpus_per_task": settings["cpus_per_job"], "signal_delay_s": settings["signal_delay_s"],
-                              "ntasks_per_node": 1, "nodes": 1}
-    if settings["gpus_per_job"]:  # 0: a CPU partition, no --gpus-per-node at all
-        params["gpus_per_node"] = settings["gpus_per_job"]
-    for key in ("partition", "account", "array_parallelism"):
-        if settings[key] is not None:
-            params[key] = settings[key]
-    if settings["mem_gb"] is not None:
-        params["mem"] = f"{settings['mem_gb']:g}GB"
-    extra = {}
-    for flag in settings["sbatch"]:  # `constraint=a100`, `--qos=high`, `requeue` (a flag without value)
-        key, eq, value = flag.removeprefix("--").partition("=")
-        extra[key] = value if eq else True
-    if extra:
-        params["additional_parameters"] = extra
-    return params
+    """SlurmExecutor's parameters (sbatch's names) from the sweep's settings; those unset are Slurm's to decide."""
+    flags = [flag.removeprefix("--").partition("=") for flag in settings["sbatch"]]  # qos=high, requeue (no value)
+    params = {"job_name": f"sweep_{name}", "time": minutes(settings["time"] or SLURM_TIME),
+              "cpus_per_task": settings["cpus_per_job"], "signal_delay_s": settings["signal_delay_s"],
+              "ntasks_per_node": 1, "nodes": 1, "partition": settings["partition"], "account": settings["account"],
+              "array_parallelism": settings["array_parallelism"],
+              "gpus_per_node": settings["gpus_per_job"] or None,  # 0: a CPU partition, no --gpus-per-node at all
+              "mem": None if settings["mem_gb"] is None else f"{settings['mem_gb']:g}GB",
+              "additional_parameters": {key: value if eq else True for key, eq, value in flags} or None}
+    return {key: value for key, value in params.items() if value is not None}
 
 
 def check_slurm_here() -> None:
@@ -70,26 +62,19 @@ def check_slurm_here() -> None:
                          "run on the cluster's login node, or add --dry-run to see the job array")
 
 
-def _submit_command(sweep: Sweep) -> str:
-    """What each job runs, as SlurmExecutor writes it: submitit's entry point on the job's pickle."""
-    return f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(sweep.logs))}"
-
-
 def sbatch_text(sweep: Sweep, settings: dict[str, Any], n_jobs: int) -> str:
-    """The sbatch file submitit would submit (one array of n_jobs tasks), written by submitit itself."""
-    from submitit.slurm.slurm import _make_sbatch_string  # SlurmExecutor's own writer; it needs no Slurm
-    return _make_sbatch_string(command=_submit_command(sweep), folder=sweep.logs,
-                               map_count=n_jobs if n_jobs > 1 else None, **slurm_parameters(settings, sweep.root.name))
+    """The sbatch file of one array of n_jobs tasks, written by SlurmExecutor's own writer (it needs no Slurm)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(sweep.logs))}"
+    return _make_sbatch_string(command=command, folder=sweep.logs, map_count=n_jobs if n_jobs > 1 else None,
+                               **slurm_parameters(settings, sweep.root.name))
 
 
 def submit_slurm(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]) -> None:
     """One job array of the columns; their job ids go into sweep.json."""
-    settings = record["settings"]
-    executor = submitit.SlurmExecutor(folder=sweep.logs, max_num_timeout=settings["max_timeouts"])
-    executor.update_parameters(**slurm_parameters(settings, sweep.root.name))
-    prepared = [sweep.job(record, column) for column in columns]
-    with executor.batch():
-        jobs = [executor.submit(job) for job in prepared]
+    executor = submitit.SlurmExecutor(folder=sweep.logs, max_num_timeout=record["settings"]["max_timeouts"])
+    executor.update_parameters(**slurm_parameters(record["settings"], sweep.root.name))
+    jobs = executor.submit_array([sweep.job(record, column) for column in columns])
     for column, job in zip(columns, jobs):
         column["jobs"].append(job.job_id)
     sweep.save(record)
@@ -109,12 +94,6 @@ def local_slots(settings: dict[str, Any]) -> list[int | None]:
     return list(range(torch.cuda.device_count())) or [None]
 
 
-def _local_parameters(settings: dict[str, Any], gpu: int | None) -> dict[str, Any]:
-    return {"timeout_min": minutes(settings["time"]) if settings["time"] else LOCAL_NO_LIMIT_MIN,
-            "signal_delay_s": settings["signal_delay_s"], "gpus_per_node": 0 if gpu is None else 1,
-            "visible_gpus": () if gpu is None else (gpu,)}
-
-
 def run_here(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]], say: Callable[[str], None]) -> None:
     """Run the columns on this machine and wait for them: `local`, each job in its own process (submitit's
     LocalExecutor), as many at once as there are GPUs (CUDA_VISIBLE_DEVICES its GPU), the others queued here;
@@ -126,6 +105,7 @@ def run_here(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]
             f"{len(slots)} GPU(s) ({', '.join(map(str, slots))}): one column on each at a time")
     executor: Any = submitit.DebugExecutor(folder=sweep.logs) if debug else \
         submitit.LocalExecutor(folder=sweep.logs, max_num_timeout=settings["max_timeouts"])
+    timeout = minutes(settings["time"]) if settings["time"] else LOCAL_NO_LIMIT_MIN
     record["submitter"] = {"pid": os.getpid(), "host": socket.gethostname()}
     sweep.save(record)
     pending, running = list(columns), {}  # slot -> (column, job)
@@ -140,12 +120,14 @@ def run_here(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]
                     say(f"{column['name']}: {state['state']}{': ' + state['error'] if state.get('error') else ''}")
             for slot in [s for s in range(len(slots)) if s not in running][:len(pending)]:
                 column = pending.pop(0)
+                gpu = () if slots[slot] is None else (slots[slot],)
                 if not debug:
-                    executor.update_parameters(**_local_parameters(settings, slots[slot]))
+                    executor.update_parameters(timeout_min=timeout, signal_delay_s=settings["signal_delay_s"],
+                                               gpus_per_node=len(gpu), visible_gpus=gpu)
                 running[slot] = (column, executor.submit(sweep.job(record, column)))
                 column["jobs"].append(running[slot][1].job_id)
                 sweep.save(record)
-                where = "" if debug else f" on {'the CPU' if slots[slot] is None else f'GPU {slots[slot]}'}"
+                where = "" if debug else f" on {f'GPU {gpu[0]}' if gpu else 'the CPU'}"
                 say(f"{column['name']}: started (job {column['jobs'][-1]}){where}")
             if running and not debug:
                 time.sleep(0.5)

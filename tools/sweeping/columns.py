@@ -1,11 +1,6 @@
-"""What a sweep trains: its columns, each an options file x a variant x one combination of the `--set` grid.
-
-A grid item is `key=v1,v2,...`: one column per value. A value that itself holds a comma is written as YAML
-writes it, in brackets or quotes, and stays one value: `lr_decay_epochs=[150,180,210],[100,150]` is two values,
-`tag='a,b'` one. An item with a single value is the same for every column. A variant is a named set of overrides,
-`NAME: key=value key=value` (e.g. `kd: distill=kd loss_cls=0.1 loss_kd=0.9`), for columns that differ in
-several keys at once (one per method). Every column is checked as main.py checks its options before anything
-is written.
+"""What a sweep trains: its columns, each an options file x a variant x one combination of the `--set` grid
+(`key=v1,v2`: one column per value), every one checked as main.py checks its options before anything is written.
+The syntax of the grid and the variants: docs/sweeps.md.
 """
 from __future__ import annotations
 
@@ -116,8 +111,8 @@ def build_columns(files: list[str], grid_items: list[str], variant_texts: list[s
 
 
 def check_columns(columns: list[Column]) -> None:
-    """main.py's own checks of each column's options (and `epochs` read from them); a SweepError names the column.
-    The keys every method shares are checked first, without torch, so a typo is reported at once."""
+    """main.py's own checks of each column's options, and their `epochs`; a SweepError names the column. The keys
+    every method shares are checked first, without torch, so a typo is reported at once."""
     from options.method_keys import method_key_names
     from options.schema import OptionsError, build_options, read_options_file
     given: dict[Path, Any] = {}
@@ -126,16 +121,9 @@ def check_columns(columns: list[Column]) -> None:
             if column.source not in given:
                 given[column.source] = read_options_file(column.source)
             build_options(given[column.source], column.overrides, partial=method_key_names() or True)
-    except OptionsError as err:
-        raise SweepError(f"{_which(column)}: {err}") from None
-    from distiller import build_options as build_run_options  # imports torch and the methods
-    try:
+        from distiller import build_options as build_run_options  # imports torch and the methods
         for column in columns:
             column.epochs = build_run_options(given[column.source], column.overrides)["epochs"]
     except OptionsError as err:
-        raise SweepError(f"{_which(column)}: {err}") from None
-
-
-def _which(column: Column) -> str:
-    shown = " ".join(f"{k}={v}" for k, v in column.label.items())
-    return f"column {column.name} ({column.source}{', ' + shown if shown else ''})"
+        label = " ".join(f"{k}={v}" for k, v in column.label.items())
+        raise SweepError(f"column {column.name} ({column.source}{', ' + label if label else ''}): {err}") from None

@@ -1,11 +1,6 @@
-"""A sweep's folder, experiments/sweeps/<name>/:
-
-    sweep.json      what was submitted: the command, the cluster and its settings, and for each column its options
-                    file, overrides, main.py command and job ids (one per submission)
-    options/        the options files as submitted: the columns read these, so a later edit changes nothing
-    logs/           submitit's folder: each job's pickled submission and its stdout/stderr (<job id>_0_log.out/.err)
-    jobs/<column>.json   the column's state as its job last wrote it (running, requeued, finished, failed + error)
-    runs/<column>/  the column's experiments_dir: main.py's experiment folder and its trial_N folders
+"""A sweep's folder, experiments/sweeps/<name>/: sweep.json (what was submitted, with each column's command and
+job ids), options/ (the options files as submitted, which the columns read), logs/ (submitit's), jobs/<column>.json
+(the column's state as its job last wrote it) and runs/<column>/ (the column's experiments_dir); docs/sweeps.md.
 """
 from __future__ import annotations
 
@@ -48,8 +43,8 @@ class Sweep:
     def job(self, record: dict[str, Any], column: dict[str, Any]) -> ColumnJob:
         """The job for the column's next submission."""
         return ColumnJob(column["name"], [record["python"], *column["command"]], record["cwd"],
-                         str(self.runs / column["name"]), record["trials"], column["epochs"],
-                         str(self.jobs / f"{column['name']}.json"), len(column["jobs"]) + 1)
+                         self.runs / column["name"], record["trials"], column["epochs"],
+                         self.jobs / f"{column['name']}.json", len(column["jobs"]) + 1)
 
 
 def find_sweep(name: str, sweeps_dir: str) -> Sweep:
@@ -66,14 +61,12 @@ def plan_record(sweep: Sweep, columns: list[Column], trials: list[int], trials_t
     """sweep.json before anything is submitted: each column's main.py command reads the sweep's copy of its
     options file and writes under runs/<column>/."""
     copies: dict[Path, str] = {}  # options file -> its copy's name (stem.yml, stem_2.yml for a second stem)
-    for column in columns:
-        if column.source in copies:
-            continue
-        name, n = f"{column.source.stem}.yml", 1
+    for source in dict.fromkeys(c.source for c in columns):
+        name, n = f"{source.stem}.yml", 1
         while name in copies.values():
             n += 1
-            name = f"{column.source.stem}_{n}.yml"
-        copies[column.source] = name
+            name = f"{source.stem}_{n}.yml"
+        copies[source] = name
     return {
         "name": sweep.root.name, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "cwd": str(Path.cwd()),
         "python": sys.executable, "command": ["tools/sweep.py", *argv], "cluster": cluster, "settings": settings,
@@ -83,7 +76,6 @@ def plan_record(sweep: Sweep, columns: list[Column], trials: list[int], trials_t
                      "command": [str(MAIN), "-opt", str(sweep.root / "options" / copies[c.source]), "-t", trials_text,
                                  "--set", *c.overrides, f"experiments_dir={sweep.runs / c.name}"]}
                     for c in columns],
-        "_copies": {str(src): name for src, name in copies.items()},
     }
 
 
@@ -92,11 +84,10 @@ def create(sweep: Sweep, record: dict[str, Any]) -> None:
     if sweep.root.exists():
         raise SweepError(f"{sweep.root} exists already; choose another --name, or see it with: python tools/sweep.py "
                          f"status {sweep.root}")
-    copies = record.pop("_copies")
     try:
         (sweep.root / "options").mkdir(parents=True)
-        for source, name in copies.items():
-            shutil.copyfile(source, sweep.root / "options" / name)
+        for copy, source in {c["options"]: c["source"] for c in record["columns"]}.items():
+            shutil.copyfile(source, sweep.root / copy)
         sweep.save(record)
     except OSError as err:
         shutil.rmtree(sweep.root, ignore_errors=True)

@@ -35,27 +35,18 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: a file nested thousands deep
         return None
 
 
-def trial_results(runs: Path, trials: list[int]) -> dict[int, dict[str, Any] | None]:
+def trial_results(runs: Path, trials: list[int]) -> list[dict[str, Any] | None]:
     """Each trial's results.json under the column's experiments_dir (None until its first epoch is saved)."""
-    found: dict[int, dict[str, Any] | None] = {}
-    for trial in trials:
-        results = [r for r in (read_json(p) for p in runs.glob(f"*/trial_{trial}/results.json")) if isinstance(r, dict)]
-        found[trial] = max(results, key=lambda r: r.get("last_epoch") or 0, default=None)
-    return found
+    return [max((r for r in map(read_json, runs.glob(f"*/trial_{t}/results.json")) if isinstance(r, dict)),
+                key=lambda r: r.get("last_epoch") or 0, default=None) for t in trials]
 
 
-def trials_finished(runs: Path, trials: list[int], epochs: int) -> bool:
-    return all(r is not None and r.get("finished") and (r.get("last_epoch") or 0) >= epochs
-               for r in trial_results(runs, trials).values())
-
-
-def requeue_signal() -> signal.Signals:
-    """The signal submitit requeues on (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)."""
-    return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
+def trained(results: dict[str, Any] | None, epochs: int) -> bool:
+    return bool(results and results.get("finished") and (results.get("last_epoch") or 0) >= epochs)
 
 
 def _shield() -> None:
@@ -63,7 +54,7 @@ def _shield() -> None:
     or preempts it, the requeue signal before its time limit); left to their default both kill main.py at once.
     The job's own process answers them for main.py: submitit ignores SIGTERM, and on the requeue signal stops
     main.py with SIGINT. A job ended without one is killed (SIGKILL) and loses its epoch in progress."""
-    for sig in (signal.SIGTERM, requeue_signal()):
+    for sig in (signal.SIGTERM, signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]):
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -93,28 +84,26 @@ class ColumnJob(submitit.helpers.Checkpointable):
     """`python main.py -opt FILE -t TRIALS --set ...` for one column, with `--resume` once any of its trials has
     saved an epoch; nothing at all once every trial has trained all its epochs.
 
-    main.py runs as a child process, not in this one: submitit requeues a job from a signal handler and then
-    exits at whatever line was running, which in-process would be anywhere inside a training step. A child is
-    stopped as a user stops main.py, with Ctrl-C (SIGINT): it closes its event files and releases its locks, and
-    its last per-epoch checkpoint, the only state, is what the requeued job resumes (the epoch in progress is
-    lost). The run is also exactly the command-line run, and its memory and GPU are freed when it ends.
-
+    main.py runs as a child process: submitit requeues from a signal handler and then exits wherever this process
+    was, which in-process would be inside a training step. The child is stopped as Ctrl-C stops main.py (SIGINT):
+    it closes its files and releases its locks, and the requeued job resumes its last per-epoch checkpoint. The
+    run is also exactly the command-line run, and its memory and GPU are freed when it ends.
     Whether to resume is read from the trial folders when the job starts, not carried in the job: Slurm may
-    requeue the job itself (node failure) with the original submission, and a job stopped before its first epoch
-    ended has nothing to resume (main.py refuses --resume then).
+    requeue the original submission itself (node failure), and a job stopped before its first epoch ended has
+    nothing to resume (main.py refuses --resume then).
     """
 
-    def __init__(self, column: str, command: list[str], cwd: str, runs: str, trials: list[int], epochs: int,
-                 state_file: str, attempt: int) -> None:
-        self.column, self.command, self.cwd, self.runs = column, command, cwd, Path(runs)
-        self.trials, self.epochs, self.state_file, self.attempt = trials, epochs, Path(state_file), attempt
+    def __init__(self, column: str, command: list[str], cwd: str, runs: Path, trials: list[int], epochs: int,
+                 state_file: Path, attempt: int) -> None:
+        self.column, self.command, self.cwd, self.runs = column, command, cwd, runs
+        self.trials, self.epochs, self.state_file, self.attempt = trials, epochs, state_file, attempt
         self._child: subprocess.Popen[str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # what a requeue pickles: never the running child
         return {**self.__dict__, "_child": None}
 
     def __call__(self) -> str:
-        if trials_finished(self.runs, self.trials, self.epochs):
+        if all(trained(r, self.epochs) for r in trial_results(self.runs, self.trials)):
             self._record("finished")
             print(f"{self.column}: every trial has trained all {self.epochs} epochs; nothing to do", flush=True)
             return "finished"

@@ -1,10 +1,12 @@
-"""Where each column of a sweep stands: queued, running (the epoch its trials reached), requeued, finished, or
-failed with the last line of its error; read from the trial folders, the jobs' state files and, on Slurm, sacct."""
+"""Where each column of a sweep stands: queued, running (its trials finished, and the epoch of those in training),
+requeued, finished, or failed with the last line of its error; read from the trial folders, the jobs' state files
+and, on Slurm, sacct."""
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import submitit
 from submitit.core.utils import JobPaths
 
 from sweeping.folder import Sweep
-from sweeping.job import trial_results, trials_finished
+from sweeping.job import trained, trial_results
 
 # Slurm states of a job that is still coming or going (anything else has ended).
 SLURM_ALIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -25,7 +27,8 @@ RESUBMITTABLE = ("failed", "not started")
 class ColumnStatus:
     name: str
     state: str  # queued, running, requeued, finished, failed, not started
-    epoch: str  # the epoch every trial has reached, of the column's epochs: 57/240
+    trials: str  # trials that have trained every epoch, of the column's: 2/5
+    epoch: str  # the furthest epoch of the trials still training (57/240): unstacked trials train one by one
     job: str
     note: str = ""
 
@@ -44,6 +47,12 @@ def pid_alive(pid: Any, host: Any) -> bool | None:
         return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def submitter_alive(record: dict[str, Any]) -> bool:
+    """Whether the process that runs the sweep's local or debug jobs may still run (unknown: yes)."""
+    submitter = record.get("submitter") or {}
+    return bool(submitter) and pid_alive(submitter.get("pid"), submitter.get("host")) is not False
 
 
 def slurm_states(sweep: Sweep, record: dict[str, Any]) -> dict[str, str]:
@@ -66,8 +75,7 @@ def _job_alive(record: dict[str, Any], job_id: str, state: dict[str, Any] | None
         return None if known == "UNKNOWN" else known.split()[0] in SLURM_ALIVE
     if record["cluster"] == "local":  # the job id is the pid of submitit's controller, which requeues in place
         return pid_alive(job_id, (state or {}).get("host", socket.gethostname()))
-    submitter = record.get("submitter") or {}  # debug: the jobs run inside the sweep's process
-    return bool(submitter) and pid_alive(submitter.get("pid"), submitter.get("host")) is not False
+    return submitter_alive(record)  # debug: the jobs run inside the sweep's process
 
 
 def _log_tail(sweep: Sweep, job_id: str) -> str:
@@ -81,16 +89,18 @@ def _log_tail(sweep: Sweep, job_id: str) -> str:
 
 def column_status(sweep: Sweep, record: dict[str, Any], column: dict[str, Any],
                   slurm: dict[str, str]) -> ColumnStatus:
-    runs, trials, epochs = sweep.runs / column["name"], record["trials"], column["epochs"]
-    reached = min((r or {}).get("last_epoch") or 0 for r in trial_results(runs, trials).values())
+    results, epochs = trial_results(sweep.runs / column["name"], record["trials"]), column["epochs"]
+    training = [(r or {}).get("last_epoch") or 0 for r in results if not trained(r, epochs)]
+    epoch = max(training, default=epochs)
     job_id = column["jobs"][-1] if column["jobs"] else "-"
-    status = ColumnStatus(column["name"], "finished", f"{reached}/{epochs}", job_id)
-    if trials_finished(runs, trials, epochs):
+    status = ColumnStatus(column["name"], "finished", f"{len(results) - len(training)}/{len(results)}",
+                          f"{epoch}/{epochs}", job_id)
+    if not training:
         return status
     if not column["jobs"]:
-        submitter = record.get("submitter") or {}
-        if submitter and pid_alive(submitter.get("pid"), submitter.get("host")) is not False:
-            status.state, status.note = "queued", f"waits for a free slot in the sweep's process {submitter['pid']}"
+        if submitter_alive(record):
+            status.state = "queued"
+            status.note = f"waits for a free slot in the sweep's process {record['submitter']['pid']}"
         else:
             status.state, status.note = "not started", "never submitted (the sweep's process ended first)"
         return status
@@ -104,7 +114,7 @@ def column_status(sweep: Sweep, record: dict[str, Any], column: dict[str, Any],
     status.state, status.note = state["state"], state.get("error", "")
     if status.state in ("running", "requeued") and alive is False:
         status.state = "failed"
-        status.note = f"the job ended at epoch {reached} without a word (killed? out of memory?); " \
+        status.note = f"the job ended at epoch {epoch} without a word (killed? out of memory?); " \
                       f"{_log_tail(sweep, job_id)}"
     return status
 
@@ -115,26 +125,27 @@ def sweep_status(sweep: Sweep, record: dict[str, Any]) -> list[ColumnStatus]:
 
 
 def status_lines(sweep: Sweep, record: dict[str, Any], statuses: list[ColumnStatus]) -> list[str]:
-    shown = _shown(sweep.root)
+    root = shown(sweep.root)
     lines = [f"sweep {record['name']}: {len(statuses)} column(s) x trials {record['trials_text']} on "
-             f"{record['cluster']}, in {shown}"]
-    width = max(len(s.name) for s in statuses)
+             f"{record['cluster']}, in {root}"]
+    width = max(len("column"), *(len(s.name) for s in statuses))  # a short name under the header
     jobs = max(len(s.job) for s in statuses)
-    lines.append(f"  {'column':<{width}}  {'state':<11}  {'epoch':>9}  job")
+    lines.append(f"  {'column':<{width}}  {'state':<11}  {'trials':>6}  {'epoch':>9}  job")
     for s in statuses:
-        lines.append(f"  {s.name:<{width}}  {s.state:<11}  {s.epoch:>9}  {s.job:<{jobs}}  {s.note}".rstrip())
-    counts = {state: sum(s.state == state for s in statuses) for state in dict.fromkeys(s.state for s in statuses)}
+        lines.append(f"  {s.name:<{width}}  {s.state:<11}  {s.trials:>6}  {s.epoch:>9}  {s.job:<{jobs}}  "
+                     f"{s.note}".rstrip())
+    counts = Counter(s.state for s in statuses)
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items()))
-    again = [s for s in statuses if s.state in RESUBMITTABLE]
+    again = sum(counts[state] for state in RESUBMITTABLE)
     if again:
-        lines.append(f"{len(again)} to resubmit (failed or never started; each continues from its trials' last saved "
-                     f"epoch): python tools/sweep.py resubmit {shown}")
-    if counts.get("finished"):
-        lines.append(f"the table: python tools/summarize.py {shown}")
+        lines.append(f"{again} to resubmit (failed or never started; each continues from its trials' last saved "
+                     f"epoch): python tools/sweep.py resubmit {root}")
+    if counts["finished"]:
+        lines.append(f"the table: python tools/summarize.py {root}")
     return lines
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
