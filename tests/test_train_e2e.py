@@ -1,5 +1,6 @@
 """`main.py` as users run it: a real subprocess on real-format data, real files read back."""
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -76,8 +77,10 @@ def test_checkpoints_and_results(distilled):
     load_teacher(str(trial / "model/best.pth"), "resnet8", 10)
 
 
-def test_a_second_run_archives_the_first(distilled, tiny_cifar, tiny_teacher):
-    work, _, trial = distilled
+def test_a_second_run_archives_the_first(distilled, tiny_cifar, tiny_teacher, tmp_path):
+    # On a copy: the other tests read the shared run, and pytest may order this one before them.
+    work = Path(shutil.copytree(distilled[0], tmp_path / "run"))
+    trial = work / distilled[2].relative_to(distilled[0])
     opt = write_yaml(work / "one_epoch.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
     before = (trial / "results.json").read_text()
     done = run_main(["-opt", opt, "-t", "1", "--replace"], work)  # other settings (epochs): archived when asked
