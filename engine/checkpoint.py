@@ -21,7 +21,7 @@ import torch
 
 from utils.files import atomic_save, atomic_write_text
 from utils.rng import TrialRNG
-from utils.trialfiles import TrialFileRefused, read_trial_results
+from utils.trialfiles import TrialFileRefused, read_trial_json
 
 
 class ResumeError(ValueError):
@@ -171,7 +171,7 @@ def saved_epoch(path: Path) -> int | None:
 def _read_json(path: Path) -> dict[str, Any] | None:
     """results.json within the limits every reader of trial files keeps; None if missing or refused (rewritten)."""
     try:
-        return read_trial_results(path)
+        return read_trial_json(path)
     except TrialFileRefused:
         return None
 
@@ -214,7 +214,7 @@ def recorded_sessions(paths: TrialPaths) -> list[Any]:
     if not paths.provenance.is_file():
         return []
     try:
-        sessions = read_trial_results(paths.provenance).get("sessions", [])
+        sessions = read_trial_json(paths.provenance).get("sessions", [])
         if not isinstance(sessions, list):
             raise TrialFileRefused(f"{paths.provenance.name} holds no list of sessions")
     except TrialFileRefused as err:

@@ -16,7 +16,7 @@ from helpers import run_main, tiny_options, write_yaml
 from test_tools import result, run_tool, table_rows, write_run
 
 from engine.folders import _read_options
-from utils.trialfiles import TrialFileRefused, read_trial_options, read_trial_results
+from utils.trialfiles import TrialFileRefused, read_trial_json, read_trial_options
 
 PLOT = ROOT / "tools" / "plot.py"
 PAIR = "S_resnet20_T_resnet56_cifar100_cocord_ctr1.0cls1.0p4.0"
@@ -61,10 +61,10 @@ def test_trial_results_read_within_limits(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "results.json"
     path.write_text(text)
     with pytest.raises(TrialFileRefused, match=reason):
-        read_trial_results(path)
+        read_trial_json(path)
     path.write_text('{"history": [' + ", ".join(['{"epoch": 1, "val_top1": 50.0}'] * 100) + "]}")
     with pytest.raises(TrialFileRefused, match="over the 1000-byte limit"):
-        read_trial_results(path, max_bytes=1000)
+        read_trial_json(path, max_bytes=1000)
 
 
 DAMAGED = {  # results.json values a run never writes; each trial is reported with its field and left out

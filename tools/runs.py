@@ -14,7 +14,7 @@ from typing import Any
 
 from options.settings import flatten, normalize, result_settings
 from options.yamlfile import YamlRefused, read_yaml_file
-from utils.trialfiles import TrialFileRefused, read_trial_options, read_trial_results
+from utils.trialfiles import TrialFileRefused, read_trial_json, read_trial_options
 
 TRIAL = re.compile(r"trial_(\d+)")
 MAX_DEPTH = 12  # folders below the root searched: experiments/sweeps/<name>/<column>/<experiment>/trial_N is 5
@@ -131,7 +131,7 @@ def read_trial(trial: Path) -> dict[str, Any]:
 
 def _read(trial: Path) -> dict[str, Any]:
     opts = read_trial_options(trial / "options.yml") if (trial / "options.yml").exists() else None
-    res = read_trial_results(trial / "results.json") if (trial / "results.json").exists() else {}
+    res = read_trial_json(trial / "results.json") if (trial / "results.json").exists() else {}
     src = {**(opts or {}), **res}  # results.json is what actually ran; options.yml adds the loss weights
     distill = _name(src.get("distill"), "distill")
     try:

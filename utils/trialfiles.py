@@ -15,8 +15,8 @@ from typing import Any
 
 from options.yamlfile import YamlRefused, read_yaml_file
 
-MAX_RESULTS_BYTES = 16 << 20  # results.json: about 500 bytes per epoch; 240 epochs are about 120 KB
-MAX_RESULTS_DEPTH = 8  # results.json nests 4 levels (object, history, epoch entry, value)
+MAX_JSON_BYTES = 16 << 20  # results.json: about 500 bytes per epoch (240 epochs: 120 KB); run.json a few KB a session
+MAX_JSON_DEPTH = 8  # both nest 4 levels: object, history or sessions, an entry, a value (a session's environment)
 
 
 class TrialFileRefused(ValueError):
@@ -43,7 +43,7 @@ def read_trial_options(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class _Damaged(ValueError):
-    """A value JSON allows but results.json never holds."""
+    """A value JSON allows but a trial's JSON files never hold."""
 
 
 def _finite(text: str) -> float:
@@ -54,7 +54,7 @@ def _finite(text: str) -> float:
 
 
 def _constant(name: str) -> Any:
-    raise _Damaged(f"it holds {name}, which results.json never holds")
+    raise _Damaged(f"it holds {name}, which this project never writes")
 
 
 def _depth_over(value: Any, limit: int) -> bool:
@@ -69,9 +69,9 @@ def _depth_over(value: Any, limit: int) -> bool:
     return False
 
 
-def read_trial_results(path: str | os.PathLike[str], max_bytes: int = MAX_RESULTS_BYTES) -> dict[str, Any]:
-    """A trial's results.json: a JSON object of at most `max_bytes`, nesting at most MAX_RESULTS_DEPTH levels,
-    every number finite (results.json is written without NaN or infinity: one there is damage)."""
+def read_trial_json(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """A trial's results.json or run.json: a JSON object of at most `max_bytes`, nesting at most MAX_JSON_DEPTH
+    levels, every number finite (both are written without NaN or infinity: one there is damage)."""
     path = Path(path)
     try:
         info = path.stat()  # before opening: a named pipe would wait for a writer forever
@@ -92,7 +92,7 @@ def read_trial_results(path: str | os.PathLike[str], max_bytes: int = MAX_RESULT
     except UnicodeDecodeError:
         raise TrialFileRefused(f"{path.name} is not UTF-8 text") from None
     except RecursionError:
-        raise TrialFileRefused(f"{path.name} nests deeper than {MAX_RESULTS_DEPTH} levels") from None
+        raise TrialFileRefused(f"{path.name} nests deeper than {MAX_JSON_DEPTH} levels") from None
     except _Damaged as err:
         raise TrialFileRefused(f"{path.name} is damaged: {err}") from None
     except json.JSONDecodeError as err:
@@ -101,6 +101,6 @@ def read_trial_results(path: str | os.PathLike[str], max_bytes: int = MAX_RESULT
         raise TrialFileRefused(f"{path.name} is damaged: it holds an integer too long to read") from None
     if not isinstance(value, dict):
         raise TrialFileRefused(f"{path.name} is not a JSON object")
-    if _depth_over(value, MAX_RESULTS_DEPTH):
-        raise TrialFileRefused(f"{path.name} nests deeper than {MAX_RESULTS_DEPTH} levels")
+    if _depth_over(value, MAX_JSON_DEPTH):
+        raise TrialFileRefused(f"{path.name} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
