@@ -204,19 +204,15 @@ def train_one_by_one(plan: Plan, run_ctx: RunContext, methods: list[Distiller], 
     run of it alone; one that stops does not stop the others."""
     progress.say(f"distill: {plan.opt['distill']} trains its trials one after another (its trials cannot be "
                  "stacked)")
-    every_log = progress.logs
-    try:
-        for k, trial in enumerate(plan.trials):
-            progress.logs = [p for p in every_log if p == trial.paths.log]  # its lines in its own train.log only
-            batches = train_batches.subset([k], stacked=False)
-            build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
+    for k, trial in enumerate(plan.trials):
+        batches = train_batches.subset([k], stacked=False)
+        build = group_builder([methods[k]], [trial], plan.opt, plan.speed, plan.device, batches)
+        with progress.only_to(trial.paths.log):
             try:
                 Trainer(run_ctx, [trial], build, test_batches).fit()
             except TrainingDiverged:
                 if k + 1 < len(plan.trials):  # what to do is said once, at the end
                     progress.say(f"error: {trial.diverged}; the other trials go on")
-    finally:
-        progress.logs = every_log
     stopped = [t for t in plan.trials if t.diverged is not None]
     if stopped:
         raise TrainingDiverged(stopped_message(plan.trials, stopped))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,6 +41,17 @@ class Progress:
         for path in self.logs:
             with open(path, "a") as f:
                 f.writelines(line + "\n" for line in self.said)
+
+    @contextmanager
+    def only_to(self, path: Path) -> Iterator[None]:
+        """Lines said inside go to `path` alone of the logs (one trial's train.log, while a run trains its trials
+        one after another); the other logs get the lines said after. A log that fails inside stays dropped."""
+        every = self.logs
+        self.logs = [p for p in every if p == path]  # none where this process writes no logs
+        try:
+            yield
+        finally:
+            self.logs = [p for p in every if p != path or path in self.logs]
 
     def say(self, text: str, shorter: tuple[str, ...] = ()) -> None:
         """`text` to the screen and the logs; on a terminal narrower than `text`, the first of `shorter`
