@@ -70,17 +70,12 @@ class Plan:
     folder_states: dict[int, Any] = field(default_factory=dict)  # what each trial folder held when planned
     world: int = 1  # torchrun processes
 
+
 def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> Plan:
     if len(cmd.trials) > 1 and world > 1:
         raise OptionsError("several trials train together in one process; under torchrun give one trial (-t N)")
     method_cls = method_class(opt["distill"])
-    # The trial folders' names fit the file system (checked first: a name too long fails even a look at it).
-    if opt["path"]["resume"]:
-        check_name_lengths(Path(opt["path"]["resume"]), "path.resume", "give the path of an existing trial folder")
-    else:
-        trial = experiment_folder(opt, method_cls.folder_name(opt)) / f"trial_{max(cmd.trials)}_archived_000000-000000"
-        check_name_lengths(trial, "experiment folder", "choose a shorter experiment_name (or experiments_dir)",
-                           room=100)
+    _check_name_lengths(opt, method_cls, cmd)
     if method_cls.needs_teacher:
         opt = resolve_teacher_model(opt)
     device = select_device(opt, progress.say)  # `gpu` is the command's on a resume too
@@ -116,17 +111,39 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
     plan.opt = opt = {**opt, "speed": plan.speed.as_options(), "num_workers": effective_workers(opt, progress.say)}
     if method_cls.needs_teacher:
         plan.teacher = load_checked_teacher(opt)
-        # A number that changes with any weight: a resume is given the teacher its run trained with.
-        plan.teacher_fingerprint = float(sum(tensor_fingerprint(t) for t in plan.teacher.state_dict().values()
-                                             if t.numel()))
-        for ckpt in plan.checkpoints.values():
-            recorded = ckpt.get("teacher_fingerprint")
-            if recorded is not None and abs(recorded - plan.teacher_fingerprint) > 1e-9 * max(abs(recorded), 1.0):
-                raise ResumeError(f"the teacher {opt['path']['teacher']} is not the one this run was trained with "
-                                  f"(its weights differ); resume with the run's, {ckpt['options']['path']['teacher']}")
+        _check_same_teacher(plan)
     check_writable_folder(Path(opt["experiments_dir"]), "experiments_dir")
-    # Every folder the run writes in can be written: the experiment folder (locks, new trials, archives), each
-    # trial folder, and a resumed trial's model folder.
+    _check_trial_folders(plan)
+    return plan
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def _check_name_lengths(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> None:
+    """The trial folders' names fit the file system (checked first: a name too long fails even a look at it)."""
+    if opt["path"]["resume"]:
+        check_name_lengths(Path(opt["path"]["resume"]), "path.resume", "give the path of an existing trial folder")
+        return
+    trial = experiment_folder(opt, method_cls.folder_name(opt)) / f"trial_{max(cmd.trials)}_archived_000000-000000"
+    check_name_lengths(trial, "experiment folder", "choose a shorter experiment_name (or experiments_dir)", room=100)
+
+
+def _check_same_teacher(plan: Plan) -> None:
+    """A resume is given the teacher its run trained with: a number that changes with any weight, compared."""
+    plan.teacher_fingerprint = float(sum(tensor_fingerprint(t) for t in plan.teacher.state_dict().values()
+                                         if t.numel()))
+    for ckpt in plan.checkpoints.values():
+        recorded = ckpt.get("teacher_fingerprint")
+        if recorded is not None and abs(recorded - plan.teacher_fingerprint) > 1e-9 * max(abs(recorded), 1.0):
+            raise ResumeError(f"the teacher {plan.opt['path']['teacher']} is not the one this run was trained with "
+                              f"(its weights differ); resume with the run's, {ckpt['options']['path']['teacher']}")
+
+
+def _check_trial_folders(plan: Plan) -> None:
+    """Every folder the run writes in can be written: the experiment folder (locks, new trials, archives), each
+    trial folder, and a resumed trial's model folder; a resumed trial's files can be rewritten."""
     check_writable_folder(plan.trials[0].paths.folder.parent, "experiment folder",
                           "make it writable, or give this run another experiments_dir or experiment_name")
     for trial in plan.trials:
@@ -134,12 +151,7 @@ def check(opt: dict[str, Any], cmd: Command, world: int, progress: Progress) -> 
         for folder in folders:
             check_writable_folder(folder, "trial folder", "move it away, or fix its permissions")
         if plan.checkpoints and trial.paths.folder.is_dir():
-            check_resumable_files(trial.paths, opt["epochs"])
-    return plan
-
-
-def _processes(n: int) -> str:
-    return f"{n} process" if n == 1 else f"{n} processes"
+            check_resumable_files(trial.paths, plan.opt["epochs"])
 
 
 def _check_method(method_cls: type[Distiller], opt: dict[str, Any], trials: int, device: torch.device,
