@@ -155,8 +155,11 @@ def _read(trial: Path) -> dict[str, Any]:
            "n_cls": _optional(flat.get("n_cls", 100), "options.yml: n_cls", 1, 10**7),
            "data_folder": str(flat["data_folder"]) if flat.get("data_folder") is not None else None,
            "options": options, "epochs": _optional(src.get("epochs"), "epochs", 0, MAX_EPOCH),
-           **{k: _optional(res.get(k), f"results.json: {k}", 0, MAX_EPOCH if k.endswith("epoch") else 100)
-              for k in ("last_epoch", "best_epoch", "best_acc", "last_acc", "teacher_acc")},
+           "last_epoch": _optional(res.get("last_epoch"), "results.json: last_epoch", 0, MAX_EPOCH),
+           "best_epoch": _optional(res.get("best_epoch"), "results.json: best_epoch", 0, MAX_EPOCH),
+           "best_acc": _optional(res.get("best_acc"), "results.json: best_acc", 0, 100),
+           "last_acc": _optional(res.get("last_acc"), "results.json: last_acc", 0, 100),
+           "teacher_acc": _optional(res.get("teacher_acc"), "results.json: teacher_acc", 0, 100),
            "curve": _curve(res.get("history")), "note": None if res else "no results.json yet"}
     lacking = [k for k in ("best_acc", "last_acc") if run[k] is None]
     if run["status"] == "finished" and lacking:

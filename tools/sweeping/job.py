@@ -41,8 +41,11 @@ def read_json(path: Path) -> Any:
 
 def trial_results(runs: Path, trials: list[int]) -> list[dict[str, Any] | None]:
     """Each trial's results.json under the column's experiments_dir (None until its first epoch is saved)."""
-    return [max((r for r in map(read_json, runs.glob(f"*/trial_{t}/results.json")) if isinstance(r, dict)),
-                key=lambda r: r.get("last_epoch") or 0, default=None) for t in trials]
+    found = []
+    for trial in trials:  # where several experiment folders of the column hold the trial: the furthest
+        results = [r for r in map(read_json, runs.glob(f"*/trial_{trial}/results.json")) if isinstance(r, dict)]
+        found.append(max(results, key=lambda r: r.get("last_epoch") or 0, default=None))
+    return found
 
 
 def trained(results: dict[str, Any] | None, epochs: int) -> bool:
