@@ -65,7 +65,7 @@ class Speed:
 
 
 def effective_speed(opt: dict[str, Any], device: torch.device, trials: int, world: int) -> Speed:
-    """The fast path applies on a GPU; on the CPU everything is the published eager path."""
+    """The fast path applies on a GPU; on the CPU the published eager path, but for a loader asked for by name."""
     s, gpu = opt["speed"], device.type == "cuda"
     loader = "gpu" if s["loader"] == "gpu" or (s["loader"] == "auto" and gpu) else "torchvision"
     if opt["dataset"] != "cifar100":
