@@ -85,6 +85,11 @@ def test_grid_values_columns_and_time_limits():
         (240, 240, 2160, 1, 2880)
 
 
+
+def test_a_variant_with_an_unclosed_quote_is_refused_in_one_line():
+    with pytest.raises(SweepError, match="close its quotes"):  # was shlex's ValueError: a traceback
+        build_columns(["x.yml"], [], ["kd: path.teacher='a b.pth"])
+
 @pytest.mark.parametrize("args, expected", [
     (["missing.yml"], "missing.yml"),
     (["opt.yml", "--set", "epohcs=1,2"], "did you mean 'epochs'"),

@@ -75,7 +75,10 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     if not sep or not name or _UNSAFE.search(name):
         raise SweepError(f"--variant {text!r} must be NAME: key=value ... with a plain NAME (letters, digits, "
                          "._+=-), e.g. 'kd: distill=kd loss_kd=0.9'")
-    overrides = shlex.split(rest)
+    try:
+        overrides = shlex.split(rest)
+    except ValueError as err:  # an unclosed quote
+        raise SweepError(f"--variant {name}: {rest.strip()!r} cannot be read ({err}); close its quotes") from None
     for item in overrides:
         key, eq, _ = item.partition("=")
         if not eq or not key:
