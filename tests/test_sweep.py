@@ -95,17 +95,20 @@ def test_a_variant_with_an_unclosed_quote_is_refused_in_one_line():
     (["opt.yml", "--set", "epohcs=1,2"], "did you mean 'epochs'"),
     (["opt.yml", "--set", "cocord.T=0.1,-1"], "cocord.T=-1"),  # refused by the method's own check (imports torch)
     (["opt.yml", "--set", "experiments_dir=a"], "the sweep's to decide"),
+    (["resume.yml"], "path.resume is the sweep's to decide"),  # resumed that run, in another folder
     (["opt.yml", "--cluster", "slurm"], "sbatch"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_cifar, args, expected):
     write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
+    write_yaml(tmp_path / "resume.yml", tiny_options(tiny_cifar, "teacher.pth", path={"teacher": "teacher.pth",
+                                                                                      "resume": "old/trial_1"}))
     if "slurm" in args and shutil.which("sbatch"):
         pytest.skip("Slurm is installed here")
     done = sweep(args, tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert expected in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml", "resume.yml"]
 
 
 def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
