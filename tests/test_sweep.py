@@ -111,6 +111,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_cifar, args, ex
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml", "resume.yml"]
 
 
+
+@pytest.mark.parametrize("visible, taken", [("GPU-5e1c", False), ("", True)])
+def test_refusals_after_the_options_checks_write_and_print_nothing(tmp_path, tiny_cifar, visible, taken):
+    """CUDA_VISIBLE_DEVICES naming GPUs by UUID was refused after the sweep folder was written (a folder no job ran
+    in, its --name then taken); a --name taken was refused by the sweep but not by its --dry-run."""
+    write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
+    if taken:
+        (tmp_path / "experiments" / "sweeps" / "s").mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    done = subprocess.run([sys.executable, SWEEP, "opt.yml", "--name", "s", *(["--dry-run"] if taken else [])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=main_env(CUDA_VISIBLE_DEVICES=visible))
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ("exists already" if taken else "by UUID") in done.stderr
+    assert sorted(tmp_path.rglob("*")) == before
+
 def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
     write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
     done = subprocess.run([sys.executable, SWEEP, "opt.yml", "-t", "1-2", "--set", "loss_cls=1,2", "--name", "s",

@@ -90,11 +90,13 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpus", type=_gpu_list, help="local: the GPUs to use (default: every visible one)")
 
 
-def _settings(args: argparse.Namespace, recorded: dict[str, Any]) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, recorded: dict[str, Any], cluster: str) -> dict[str, Any]:
     given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None}
     settings = {**DEFAULTS, **recorded, **given}
     if settings["time"] is not None:
         minutes(settings["time"])  # a SweepError if it is not a time
+    if cluster == "local":
+        local_slots(settings)  # a SweepError if CUDA_VISIBLE_DEVICES names no GPU indices
     return settings
 
 
@@ -128,13 +130,16 @@ def submit(args: argparse.Namespace, argv: list[str]) -> int:
     cluster = args.cluster or "local"
     if cluster == "slurm" and not args.dry_run:
         check_slurm_here()
-    columns = build_columns(args.files, args.grid, args.variant)
-    check_columns(columns)
-    settings = _settings(args, {})
     name = args.name or time.strftime("%y%m%d-%H%M%S")
     if not re.fullmatch(r"[A-Za-z0-9._+=-]+", name) or name in (".", ".."):
         raise SweepError(f"--name {name!r} must be a plain folder name (letters, digits, ._+=-)")
     sweep = Sweep(Path(args.sweeps_dir) / name)
+    if sweep.root.exists():  # refused by --dry-run too
+        raise SweepError(f"{sweep.root} exists already; choose another --name, or see it with: python tools/sweep.py "
+                         f"status {sweep.root}")
+    columns = build_columns(args.files, args.grid, args.variant)
+    check_columns(columns)
+    settings = _settings(args, {}, cluster)
     record = plan_record(sweep, columns, args.trials, trials_text(args.trials), argv, cluster, settings)
     if args.dry_run:
         return dry_run(sweep, record, record["columns"])
@@ -192,7 +197,7 @@ def resubmit(args: argparse.Namespace) -> int:
                          "after it ends (or stop it with Ctrl-C)")
     statuses = sweep_status(sweep, record)
     record["cluster"] = args.cluster or record["cluster"]
-    record["settings"] = _settings(args, record["settings"])
+    record["settings"] = _settings(args, record["settings"], record["cluster"])
     again = [c for c, s in zip(record["columns"], statuses) if s.state in RESUBMITTABLE]
     if not again:
         print("\n".join(status_lines(sweep, record, statuses)))
