@@ -167,6 +167,25 @@ def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path)
     assert row == ["1-crd", "running", "1/3", "57/240", str(os.getpid())]
 
 
+
+def test_a_resubmit_elsewhere_leaves_the_other_columns_running(tmp_path):
+    """A resubmit to another cluster made status ask that cluster about every column's job: here the debug
+    process, ended by then, so a column still running in its local job read failed, and resubmitting it would
+    have started a second main.py in its trial folders."""
+    root = tmp_path / "s"
+    record = {"name": "s", "cluster": "local", "trials": [1], "trials_text": "1", "submitter": None,
+              "python": sys.executable, "cwd": str(tmp_path), "settings": {},
+              "columns": [{"name": "1-running", "epochs": 2, "jobs": [str(os.getpid())], "command": []},
+                          {"name": "2-unstarted", "epochs": 2, "jobs": [], "command": ["-c", "pass"]}]}
+    (root / "jobs").mkdir(parents=True)
+    (root / "jobs" / "1-running.json").write_text(json.dumps({"state": "running", "attempt": 1, "pid": os.getpid(),
+                                                               "host": socket.gethostname()}))
+    (root / "sweep.json").write_text(json.dumps(record))
+    done = sweep(["resubmit", str(root), "--cluster", "debug"], tmp_path)
+    status = sweep(["status", str(root)], tmp_path).stdout
+    assert [line.split()[:2] for line in status.splitlines()[2:4]] == [["1-running", "running"],
+                                                                      ["2-unstarted", "finished"]], done.stdout + status
+
 @pytest.mark.slow
 def test_local_sweep_of_two_columns_finishes_and_summarizes(tmp_path, tiny_cifar, tiny_teacher):
     write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher))

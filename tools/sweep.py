@@ -196,6 +196,8 @@ def resubmit(args: argparse.Namespace) -> int:
         raise SweepError(f"the sweep still runs in process {submitter['pid']} on {submitter['host']}; resubmit "
                          "after it ends (or stop it with Ctrl-C)")
     statuses = sweep_status(sweep, record)
+    for column in record["columns"]:  # where each column's latest job runs, which status asks when this is another
+        column.setdefault("cluster", record["cluster"])
     record["cluster"] = args.cluster or record["cluster"]
     record["settings"] = _settings(args, record["settings"], record["cluster"])
     again = [c for c, s in zip(record["columns"], statuses) if s.state in RESUBMITTABLE]

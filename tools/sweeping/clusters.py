@@ -77,6 +77,7 @@ def submit_slurm(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, A
     jobs = executor.submit_array([sweep.job(record, column) for column in columns])
     for column, job in zip(columns, jobs):
         column["jobs"].append(job.job_id)
+        column["cluster"] = "slurm"  # the cluster of its latest job, which status asks
     sweep.save(record)
 
 
@@ -126,6 +127,7 @@ def run_here(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]
                                                gpus_per_node=len(gpu), visible_gpus=gpu)
                 running[slot] = (column, executor.submit(sweep.job(record, column)))
                 column["jobs"].append(running[slot][1].job_id)
+                column["cluster"] = record["cluster"]
                 sweep.save(record)
                 where = "" if debug else f" on {f'GPU {gpu[0]}' if gpu else 'the CPU'}"
                 say(f"{column['name']}: started (job {column['jobs'][-1]}){where}")
