@@ -96,6 +96,8 @@ def test_a_variant_with_an_unclosed_quote_is_refused_in_one_line():
     (["opt.yml", "--set", "cocord.T=0.1,-1"], "cocord.T=-1"),  # refused by the method's own check (imports torch)
     (["opt.yml", "--set", "experiments_dir=a"], "the sweep's to decide"),
     (["resume.yml"], "path.resume is the sweep's to decide"),  # resumed that run, in another folder
+    (["opt.yml", "--time", "0"], "not longer than --signal-delay-s (90 s)"),  # ran with a 1-minute limit
+    (["opt.yml", "--time", "1"], "not longer than --signal-delay-s (90 s)"),  # locally: killed at 1 min, no requeue
     (["opt.yml", "--cluster", "slurm"], "sbatch"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_cifar, args, expected):

@@ -93,8 +93,9 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace, recorded: dict[str, Any], cluster: str) -> dict[str, Any]:
     given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None}
     settings = {**DEFAULTS, **recorded, **given}
-    if settings["time"] is not None:
-        minutes(settings["time"])  # a SweepError if it is not a time
+    if settings["time"] is not None and minutes(settings["time"]) * 60 <= settings["signal_delay_s"]:
+        raise SweepError(f"--time {settings['time']} is not longer than --signal-delay-s ({settings['signal_delay_s']} "
+                         "s): the job would be signalled to requeue (or killed) before it trains; give it more time")
     if cluster == "local":
         local_slots(settings)  # a SweepError if CUDA_VISIBLE_DEVICES names no GPU indices
     return settings

@@ -39,7 +39,7 @@ def minutes(text: str) -> int:
         hours, mins, secs = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
     else:  # D-H, D-H:M or D-H:M:S
         hours, mins, secs = (parts + [0, 0])[:3]
-    return max(1, math.ceil((((int(days or 0) * 24 + hours) * 60 + mins) * 60 + secs) / 60))
+    return math.ceil((((int(days or 0) * 24 + hours) * 60 + mins) * 60 + secs) / 60)
 
 
 def slurm_parameters(settings: dict[str, Any], name: str) -> dict[str, Any]:
