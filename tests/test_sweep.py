@@ -19,7 +19,7 @@ from test_train_e2e import scalars
 
 sys.path.insert(0, str(ROOT / "tools"))  # tools/sweeping, as tools/sweep.py imports it
 
-from sweeping.clusters import minutes  # noqa: E402
+from sweeping.clusters import DEFAULTS, minutes, sbatch_text  # noqa: E402
 from sweeping.columns import SweepError, build_columns, split_values  # noqa: E402
 from sweeping.folder import Sweep  # noqa: E402
 from sweeping.job import read_json  # noqa: E402
@@ -147,6 +147,13 @@ def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
     assert "submitit.core._submit" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]  # nothing written
 
+
+
+def test_an_sbatch_flag_replaces_the_setting_it_names(tmp_path):
+    """--sbatch cpus-per-task=16 added a line before the sweep's own --cpus-per-task=8, which won."""
+    text = sbatch_text(Sweep(tmp_path / "s"), {**DEFAULTS, "sbatch": ["cpus-per-task=16", "constraint=a100-80gb"]}, 2)
+    assert re.findall(r"#SBATCH --(cpus-per-task|constraint)=(.*)", text) == [("constraint", "a100-80gb"),
+                                                                             ("cpus-per-task", "16")], text
 
 def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path):
     """Trials that train one after another (a method that cannot be stacked): the column's progress is its

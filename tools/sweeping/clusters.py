@@ -51,7 +51,8 @@ def slurm_parameters(settings: dict[str, Any], name: str) -> dict[str, Any]:
               "array_parallelism": settings["array_parallelism"],
               "gpus_per_node": settings["gpus_per_job"] or None,  # 0: a CPU partition, no --gpus-per-node at all
               "mem": None if settings["mem_gb"] is None else f"{settings['mem_gb']:g}GB",
-              "additional_parameters": {key: value if eq else True for key, eq, value in flags} or None}
+              # cpus-per-task=16 as cpus_per_task: it replaces the setting above instead of adding a line that loses
+              "additional_parameters": {k.replace("-", "_"): v if eq else True for k, eq, v in flags} or None}
     return {key: value for key, value in params.items() if value is not None}
 
 
