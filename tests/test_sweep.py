@@ -161,10 +161,10 @@ def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path)
     root = tmp_path / "s"
     record = {"name": "s", "cluster": "local", "trials": [1, 2, 3], "trials_text": "1-3", "submitter": None,
               "columns": [{"name": "1-crd", "epochs": 240, "jobs": [str(os.getpid())]}]}
-    for trial, epoch in ((1, 240), (2, 57)):
+    for trial, epoch in ((1, 240), (2, 57), (3, [240])):  # trial 3's is damaged: read as none (was a traceback)
         results = root / "runs" / "1-crd" / "exp" / f"trial_{trial}" / "results.json"
         results.parent.mkdir(parents=True)
-        results.write_text(json.dumps({"last_epoch": epoch, "finished": epoch == 240}))
+        results.write_text(json.dumps({"last_epoch": epoch, "finished": epoch != 57}))
     (root / "jobs").mkdir()
     (root / "jobs" / "1-crd.json").write_text(json.dumps({"state": "running", "attempt": 1, "pid": os.getpid(),
                                                           "host": socket.gethostname()}))
