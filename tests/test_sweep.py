@@ -155,6 +155,15 @@ def test_an_sbatch_flag_replaces_the_setting_it_names(tmp_path):
     assert re.findall(r"#SBATCH --(cpus-per-task|constraint)=(.*)", text) == [("constraint", "a100-80gb"),
                                                                              ("cpus-per-task", "16")], text
 
+
+def test_mem_gb_is_refused_unless_whole_gigabytes(tmp_path, tiny_cifar):
+    """sbatch takes --mem in whole units: --mem-gb 7.5, -1 or nan went into the sbatch file (--mem=7.5GB), which
+    sbatch refused only once the sweep folder was written."""
+    write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
+    for bad in ("7.5", "-1", "nan"):
+        done = sweep(["opt.yml", "--cluster", "slurm", "--dry-run", "--mem-gb", bad], tmp_path)
+        assert done.returncode == 2 and "--mem-gb" in done.stderr and "#SBATCH" not in done.stdout, done.stdout
+
 def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path):
     """Trials that train one after another (a method that cannot be stacked): the column's progress is its
     finished trials and the epoch of the one in training, not the lowest epoch (0 until its last trial starts)."""

@@ -77,7 +77,8 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--account")
     group.add_argument("--gpus-per-job", type=_count, help=f"GPUs per job (default {DEFAULTS['gpus_per_job']})")
     group.add_argument("--cpus-per-job", type=_positive, help=f"CPUs per job (default {DEFAULTS['cpus_per_job']})")
-    group.add_argument("--mem-gb", type=float, help="memory per job in GB (default: the partition's)")
+    group.add_argument("--mem-gb", type=_count, help="memory per job in whole GB, as sbatch takes it (default: the "
+                       "partition's)")
     group.add_argument("--time", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS (Slurm default 24:00:00; "
                        "local: none); the job is requeued before it and resumes")
     group.add_argument("--sbatch", action="append", metavar="FLAG", help="any other sbatch flag, passed through: "
