@@ -85,10 +85,10 @@ def test_grid_values_columns_and_time_limits():
         (240, 240, 2160, 1, 2880)
 
 
-
 def test_a_variant_with_an_unclosed_quote_is_refused_in_one_line():
     with pytest.raises(SweepError, match="close its quotes"):  # was shlex's ValueError: a traceback
         build_columns(["x.yml"], [], ["kd: path.teacher='a b.pth"])
+
 
 @pytest.mark.parametrize("args, expected", [
     (["missing.yml"], "missing.yml"),
@@ -113,7 +113,6 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_cifar, args, ex
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml", "resume.yml"]
 
 
-
 @pytest.mark.parametrize("visible, taken", [("GPU-5e1c", False), ("", True)])
 def test_refusals_after_the_options_checks_write_and_print_nothing(tmp_path, tiny_cifar, visible, taken):
     """CUDA_VISIBLE_DEVICES naming GPUs by UUID was refused after the sweep folder was written (a folder no job ran
@@ -129,6 +128,7 @@ def test_refusals_after_the_options_checks_write_and_print_nothing(tmp_path, tin
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert ("exists already" if taken else "by UUID") in done.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
 
 def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
     write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
@@ -148,7 +148,6 @@ def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]  # nothing written
 
 
-
 def test_an_sbatch_flag_replaces_the_setting_it_names(tmp_path):
     """--sbatch cpus-per-task=16 added a line before the sweep's own --cpus-per-task=8, which won."""
     text = sbatch_text(Sweep(tmp_path / "s"), {**DEFAULTS, "sbatch": ["cpus-per-task=16", "constraint=a100-80gb"]}, 2)
@@ -163,6 +162,7 @@ def test_mem_gb_is_refused_unless_whole_gigabytes(tmp_path, tiny_cifar):
     for bad in ("7.5", "-1", "nan"):
         done = sweep(["opt.yml", "--cluster", "slurm", "--dry-run", "--mem-gb", bad], tmp_path)
         assert done.returncode == 2 and "--mem-gb" in done.stderr and "#SBATCH" not in done.stdout, done.stdout
+
 
 def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path):
     """Trials that train one after another (a method that cannot be stacked): the column's progress is its
@@ -185,7 +185,6 @@ def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path)
     assert row == ["1-crd", "running", "1/3", "57/240", str(os.getpid())]
 
 
-
 def test_a_resubmit_elsewhere_leaves_the_other_columns_running(tmp_path):
     """A resubmit to another cluster made status ask that cluster about every column's job: here the debug
     process, ended by then, so a column still running in its local job read failed, and resubmitting it would
@@ -203,6 +202,7 @@ def test_a_resubmit_elsewhere_leaves_the_other_columns_running(tmp_path):
     status = sweep(["status", str(root)], tmp_path).stdout
     assert [line.split()[:2] for line in status.splitlines()[2:4]] == [["1-running", "running"],
                                                                       ["2-unstarted", "finished"]], done.stdout + status
+
 
 @pytest.mark.slow
 def test_local_sweep_of_two_columns_finishes_and_summarizes(tmp_path, tiny_cifar, tiny_teacher):
