@@ -19,7 +19,7 @@ from test_train_e2e import scalars
 
 sys.path.insert(0, str(ROOT / "tools"))  # tools/sweeping, as tools/sweep.py imports it
 
-from sweeping.clusters import minutes  # noqa: E402
+from sweeping.clusters import DEFAULTS, minutes, sbatch_text  # noqa: E402
 from sweeping.columns import SweepError, build_columns, split_values  # noqa: E402
 from sweeping.folder import Sweep  # noqa: E402
 from sweeping.job import read_json  # noqa: E402
@@ -85,22 +85,49 @@ def test_grid_values_columns_and_time_limits():
         (240, 240, 2160, 1, 2880)
 
 
+def test_a_variant_with_an_unclosed_quote_is_refused_in_one_line():
+    with pytest.raises(SweepError, match="close its quotes"):  # was shlex's ValueError: a traceback
+        build_columns(["x.yml"], [], ["kd: path.teacher='a b.pth"])
+
+
 @pytest.mark.parametrize("args, expected", [
     (["missing.yml"], "missing.yml"),
     (["opt.yml", "--set", "epohcs=1,2"], "did you mean 'epochs'"),
     (["opt.yml", "--set", "cocord.T=0.1,-1"], "cocord.T=-1"),  # refused by the method's own check (imports torch)
     (["opt.yml", "--set", "experiments_dir=a"], "the sweep's to decide"),
+    (["resume.yml"], "path.resume is the sweep's to decide"),  # resumed that run, in another folder
+    (["opt.yml", "--time", "0"], "not longer than --signal-delay-s (90 s)"),  # ran with a 1-minute limit
+    (["opt.yml", "--time", "1"], "not longer than --signal-delay-s (90 s)"),  # locally: killed at 1 min, no requeue
     (["opt.yml", "--cluster", "slurm"], "sbatch"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_cifar, args, expected):
     write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
+    write_yaml(tmp_path / "resume.yml", tiny_options(tiny_cifar, "teacher.pth", path={"teacher": "teacher.pth",
+                                                                                      "resume": "old/trial_1"}))
     if "slurm" in args and shutil.which("sbatch"):
         pytest.skip("Slurm is installed here")
     done = sweep(args, tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert expected in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml", "resume.yml"]
+
+
+@pytest.mark.parametrize("visible, taken", [("GPU-5e1c", False), ("", True)])
+def test_refusals_after_the_options_checks_write_and_print_nothing(tmp_path, tiny_cifar, visible, taken):
+    """CUDA_VISIBLE_DEVICES naming GPUs by UUID was refused after the sweep folder was written (a folder no job ran
+    in, its --name then taken); a --name taken was refused by the sweep but not by its --dry-run."""
+    write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
+    if taken:
+        (tmp_path / "experiments" / "sweeps" / "s").mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    done = subprocess.run([sys.executable, SWEEP, "opt.yml", "--name", "s", *(["--dry-run"] if taken else [])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=main_env(CUDA_VISIBLE_DEVICES=visible))
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ("exists already" if taken else "by UUID") in done.stderr
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
@@ -121,16 +148,32 @@ def test_dry_run_prints_the_slurm_job_array_without_slurm(tmp_path, tiny_cifar):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]  # nothing written
 
 
+def test_an_sbatch_flag_replaces_the_setting_it_names(tmp_path):
+    """--sbatch cpus-per-task=16 added a line before the sweep's own --cpus-per-task=8, which won."""
+    text = sbatch_text(Sweep(tmp_path / "s"), {**DEFAULTS, "sbatch": ["cpus-per-task=16", "constraint=a100-80gb"]}, 2)
+    assert re.findall(r"#SBATCH --(cpus-per-task|constraint)=(.*)", text) == [("constraint", "a100-80gb"),
+                                                                             ("cpus-per-task", "16")], text
+
+
+def test_mem_gb_is_refused_unless_whole_gigabytes(tmp_path, tiny_cifar):
+    """sbatch takes --mem in whole units: --mem-gb 7.5, -1 or nan went into the sbatch file (--mem=7.5GB), which
+    sbatch refused only once the sweep folder was written."""
+    write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, "teacher.pth"))
+    for bad in ("7.5", "-1", "nan"):
+        done = sweep(["opt.yml", "--cluster", "slurm", "--dry-run", "--mem-gb", bad], tmp_path)
+        assert done.returncode == 2 and "--mem-gb" in done.stderr and "#SBATCH" not in done.stdout, done.stdout
+
+
 def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path):
     """Trials that train one after another (a method that cannot be stacked): the column's progress is its
     finished trials and the epoch of the one in training, not the lowest epoch (0 until its last trial starts)."""
     root = tmp_path / "s"
     record = {"name": "s", "cluster": "local", "trials": [1, 2, 3], "trials_text": "1-3", "submitter": None,
               "columns": [{"name": "1-crd", "epochs": 240, "jobs": [str(os.getpid())]}]}
-    for trial, epoch in ((1, 240), (2, 57)):
+    for trial, epoch in ((1, 240), (2, 57), (3, [240])):  # trial 3's is damaged: read as none (was a traceback)
         results = root / "runs" / "1-crd" / "exp" / f"trial_{trial}" / "results.json"
         results.parent.mkdir(parents=True)
-        results.write_text(json.dumps({"last_epoch": epoch, "finished": epoch == 240}))
+        results.write_text(json.dumps({"last_epoch": epoch, "finished": epoch != 57}))
     (root / "jobs").mkdir()
     (root / "jobs" / "1-crd.json").write_text(json.dumps({"state": "running", "attempt": 1, "pid": os.getpid(),
                                                           "host": socket.gethostname()}))
@@ -140,6 +183,25 @@ def test_status_counts_finished_trials_and_shows_the_epoch_in_training(tmp_path)
     header, row = (line.split() for line in done.stdout.splitlines()[1:3])
     assert header == ["column", "state", "trials", "epoch", "job"]
     assert row == ["1-crd", "running", "1/3", "57/240", str(os.getpid())]
+
+
+def test_a_resubmit_elsewhere_leaves_the_other_columns_running(tmp_path):
+    """A resubmit to another cluster made status ask that cluster about every column's job: here the debug
+    process, ended by then, so a column still running in its local job read failed, and resubmitting it would
+    have started a second main.py in its trial folders."""
+    root = tmp_path / "s"
+    record = {"name": "s", "cluster": "local", "trials": [1], "trials_text": "1", "submitter": None,
+              "python": sys.executable, "cwd": str(tmp_path), "settings": {},
+              "columns": [{"name": "1-running", "epochs": 2, "jobs": [str(os.getpid())], "command": []},
+                          {"name": "2-unstarted", "epochs": 2, "jobs": [], "command": ["-c", "pass"]}]}
+    (root / "jobs").mkdir(parents=True)
+    (root / "jobs" / "1-running.json").write_text(json.dumps({"state": "running", "attempt": 1, "pid": os.getpid(),
+                                                               "host": socket.gethostname()}))
+    (root / "sweep.json").write_text(json.dumps(record))
+    done = sweep(["resubmit", str(root), "--cluster", "debug"], tmp_path)
+    status = sweep(["status", str(root)], tmp_path).stdout
+    assert [line.split()[:2] for line in status.splitlines()[2:4]] == [["1-running", "running"],
+                                                                      ["2-unstarted", "finished"]], done.stdout + status
 
 
 @pytest.mark.slow

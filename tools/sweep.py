@@ -77,7 +77,8 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--account")
     group.add_argument("--gpus-per-job", type=_count, help=f"GPUs per job (default {DEFAULTS['gpus_per_job']})")
     group.add_argument("--cpus-per-job", type=_positive, help=f"CPUs per job (default {DEFAULTS['cpus_per_job']})")
-    group.add_argument("--mem-gb", type=float, help="memory per job in GB (default: the partition's)")
+    group.add_argument("--mem-gb", type=_count, help="memory per job in whole GB, as sbatch takes it (default: the "
+                       "partition's)")
     group.add_argument("--time", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS (Slurm default 24:00:00; "
                        "local: none); the job is requeued before it and resumes")
     group.add_argument("--sbatch", action="append", metavar="FLAG", help="any other sbatch flag, passed through: "
@@ -90,11 +91,14 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpus", type=_gpu_list, help="local: the GPUs to use (default: every visible one)")
 
 
-def _settings(args: argparse.Namespace, recorded: dict[str, Any]) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, recorded: dict[str, Any], cluster: str) -> dict[str, Any]:
     given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key) is not None}
     settings = {**DEFAULTS, **recorded, **given}
-    if settings["time"] is not None:
-        minutes(settings["time"])  # a SweepError if it is not a time
+    if settings["time"] is not None and minutes(settings["time"]) * 60 <= settings["signal_delay_s"]:
+        raise SweepError(f"--time {settings['time']} is not longer than --signal-delay-s ({settings['signal_delay_s']} "
+                         "s): the job would be signalled to requeue (or killed) before it trains; give it more time")
+    if cluster == "local":
+        local_slots(settings)  # a SweepError if CUDA_VISIBLE_DEVICES names no GPU indices
     return settings
 
 
@@ -128,13 +132,16 @@ def submit(args: argparse.Namespace, argv: list[str]) -> int:
     cluster = args.cluster or "local"
     if cluster == "slurm" and not args.dry_run:
         check_slurm_here()
-    columns = build_columns(args.files, args.grid, args.variant)
-    check_columns(columns)
-    settings = _settings(args, {})
     name = args.name or time.strftime("%y%m%d-%H%M%S")
     if not re.fullmatch(r"[A-Za-z0-9._+=-]+", name) or name in (".", ".."):
         raise SweepError(f"--name {name!r} must be a plain folder name (letters, digits, ._+=-)")
     sweep = Sweep(Path(args.sweeps_dir) / name)
+    if sweep.root.exists():  # refused by --dry-run too
+        raise SweepError(f"{sweep.root} exists already; choose another --name, or see it with: python tools/sweep.py "
+                         f"status {sweep.root}")
+    columns = build_columns(args.files, args.grid, args.variant)
+    check_columns(columns)
+    settings = _settings(args, {}, cluster)
     record = plan_record(sweep, columns, args.trials, trials_text(args.trials), argv, cluster, settings)
     if args.dry_run:
         return dry_run(sweep, record, record["columns"])
@@ -191,8 +198,10 @@ def resubmit(args: argparse.Namespace) -> int:
         raise SweepError(f"the sweep still runs in process {submitter['pid']} on {submitter['host']}; resubmit "
                          "after it ends (or stop it with Ctrl-C)")
     statuses = sweep_status(sweep, record)
+    for column in record["columns"]:  # where each column's latest job runs, which status asks when this is another
+        column.setdefault("cluster", record["cluster"])
     record["cluster"] = args.cluster or record["cluster"]
-    record["settings"] = _settings(args, record["settings"])
+    record["settings"] = _settings(args, record["settings"], record["cluster"])
     again = [c for c, s in zip(record["columns"], statuses) if s.state in RESUBMITTABLE]
     if not again:
         print("\n".join(status_lines(sweep, record, statuses)))

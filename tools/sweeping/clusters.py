@@ -39,7 +39,7 @@ def minutes(text: str) -> int:
         hours, mins, secs = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
     else:  # D-H, D-H:M or D-H:M:S
         hours, mins, secs = (parts + [0, 0])[:3]
-    return max(1, math.ceil((((int(days or 0) * 24 + hours) * 60 + mins) * 60 + secs) / 60))
+    return math.ceil((((int(days or 0) * 24 + hours) * 60 + mins) * 60 + secs) / 60)
 
 
 def slurm_parameters(settings: dict[str, Any], name: str) -> dict[str, Any]:
@@ -51,7 +51,8 @@ def slurm_parameters(settings: dict[str, Any], name: str) -> dict[str, Any]:
               "array_parallelism": settings["array_parallelism"],
               "gpus_per_node": settings["gpus_per_job"] or None,  # 0: a CPU partition, no --gpus-per-node at all
               "mem": None if settings["mem_gb"] is None else f"{settings['mem_gb']:g}GB",
-              "additional_parameters": {key: value if eq else True for key, eq, value in flags} or None}
+              # cpus-per-task=16 as cpus_per_task: it replaces the setting above instead of adding a line that loses
+              "additional_parameters": {k.replace("-", "_"): v if eq else True for k, eq, v in flags} or None}
     return {key: value for key, value in params.items() if value is not None}
 
 
@@ -77,6 +78,7 @@ def submit_slurm(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, A
     jobs = executor.submit_array([sweep.job(record, column) for column in columns])
     for column, job in zip(columns, jobs):
         column["jobs"].append(job.job_id)
+        column["cluster"] = "slurm"  # the cluster of its latest job, which status asks
     sweep.save(record)
 
 
@@ -126,6 +128,7 @@ def run_here(sweep: Sweep, record: dict[str, Any], columns: list[dict[str, Any]]
                                                gpus_per_node=len(gpu), visible_gpus=gpu)
                 running[slot] = (column, executor.submit(sweep.job(record, column)))
                 column["jobs"].append(running[slot][1].job_id)
+                column["cluster"] = record["cluster"]
                 sweep.save(record)
                 where = "" if debug else f" on {f'GPU {gpu[0]}' if gpu else 'the CPU'}"
                 say(f"{column['name']}: started (job {column['jobs'][-1]}){where}")

@@ -75,7 +75,10 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     if not sep or not name or _UNSAFE.search(name):
         raise SweepError(f"--variant {text!r} must be NAME: key=value ... with a plain NAME (letters, digits, "
                          "._+=-), e.g. 'kd: distill=kd loss_kd=0.9'")
-    overrides = shlex.split(rest)
+    try:
+        overrides = shlex.split(rest)
+    except ValueError as err:  # an unclosed quote
+        raise SweepError(f"--variant {name}: {rest.strip()!r} cannot be read ({err}); close its quotes") from None
     for item in overrides:
         key, eq, _ = item.partition("=")
         if not eq or not key:
@@ -123,7 +126,11 @@ def check_columns(columns: list[Column]) -> None:
             build_options(given[column.source], column.overrides, partial=method_key_names() or True)
         from distiller import build_options as build_run_options  # imports torch and the methods
         for column in columns:
-            column.epochs = build_run_options(given[column.source], column.overrides)["epochs"]
+            options = build_run_options(given[column.source], column.overrides)
+            column.epochs = options["epochs"]
+            if options["path"]["resume"] is not None:  # it would continue that run, not the column's own
+                raise OptionsError(f"path.resume is the sweep's to decide (each column resumes its own trials), "
+                                   f"but the options say {options['path']['resume']!r}; leave it out")
     except OptionsError as err:
         label = " ".join(f"{k}={v}" for k, v in column.label.items())
         raise SweepError(f"column {column.name} ({column.source}{', ' + label if label else ''}): {err}") from None

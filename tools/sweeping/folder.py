@@ -80,10 +80,7 @@ def plan_record(sweep: Sweep, columns: list[Column], trials: list[int], trials_t
 
 
 def create(sweep: Sweep, record: dict[str, Any]) -> None:
-    """The folder, its options copies and sweep.json; refused (nothing written) if the folder exists."""
-    if sweep.root.exists():
-        raise SweepError(f"{sweep.root} exists already; choose another --name, or see it with: python tools/sweep.py "
-                         f"status {sweep.root}")
+    """The folder (which submit() found absent), its options copies and sweep.json."""
     try:
         (sweep.root / "options").mkdir(parents=True)
         for copy, source in {c["options"]: c["source"] for c in record["columns"]}.items():

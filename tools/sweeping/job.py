@@ -43,7 +43,8 @@ def trial_results(runs: Path, trials: list[int]) -> list[dict[str, Any] | None]:
     """Each trial's results.json under the column's experiments_dir (None until its first epoch is saved)."""
     found = []
     for trial in trials:  # where several experiment folders of the column hold the trial: the furthest
-        results = [r for r in map(read_json, runs.glob(f"*/trial_{trial}/results.json")) if isinstance(r, dict)]
+        results = [r for r in map(read_json, runs.glob(f"*/trial_{trial}/results.json"))
+                   if isinstance(r, dict) and isinstance(r.get("last_epoch") or 0, int)]  # else damaged: unread
         found.append(max(results, key=lambda r: r.get("last_epoch") or 0, default=None))
     return found
 

@@ -56,24 +56,27 @@ def submitter_alive(record: dict[str, Any]) -> bool:
 
 
 def slurm_states(sweep: Sweep, record: dict[str, Any]) -> dict[str, str]:
-    """sacct's state of each column's latest job (one sacct call for all), {} where Slurm cannot be asked."""
-    if record["cluster"] != "slurm" or shutil.which("sacct") is None:
+    """sacct's state of each column's latest Slurm job (one sacct call for all), {} where Slurm cannot be asked."""
+    if shutil.which("sacct") is None:
         return {}
     # Every job is registered with submitit's watcher before the first query, which then asks about them all.
-    jobs = [submitit.SlurmJob(folder=sweep.logs, job_id=c["jobs"][-1]) for c in record["columns"] if c["jobs"]]
+    jobs = [submitit.SlurmJob(folder=sweep.logs, job_id=c["jobs"][-1]) for c in record["columns"]
+            if c["jobs"] and c.get("cluster", record["cluster"]) == "slurm"]
     try:
         return {job.job_id: job.state for job in jobs}
     except Exception:  # noqa: BLE001 - sacct unreachable or unreadable: say nothing rather than guess
         return {}
 
 
-def _job_alive(record: dict[str, Any], job_id: str, state: dict[str, Any] | None,
+def _job_alive(record: dict[str, Any], column: dict[str, Any], state: dict[str, Any] | None,
                slurm: dict[str, str]) -> bool | None:
-    """Whether the column's latest job can still run or is running (None: cannot tell from here)."""
-    if record["cluster"] == "slurm":
+    """Whether the column's latest job can still run or is running (None: cannot tell from here), asked of the
+    cluster it was submitted to (a resubmit may use another)."""
+    job_id, cluster = column["jobs"][-1], column.get("cluster", record["cluster"])
+    if cluster == "slurm":
         known = slurm.get(job_id, "UNKNOWN")
         return None if known == "UNKNOWN" else known.split()[0] in SLURM_ALIVE
-    if record["cluster"] == "local":  # the job id is the pid of submitit's controller, which requeues in place
+    if cluster == "local":  # the job id is the pid of submitit's controller, which requeues in place
         return pid_alive(job_id, (state or {}).get("host", socket.gethostname()))
     return submitter_alive(record)  # debug: the jobs run inside the sweep's process
 
@@ -105,7 +108,7 @@ def column_status(sweep: Sweep, record: dict[str, Any], column: dict[str, Any],
             status.state, status.note = "not started", "never submitted (the sweep's process ended first)"
         return status
     state = sweep.state(column)
-    alive = _job_alive(record, job_id, state, slurm)
+    alive = _job_alive(record, column, state, slurm)
     if state is None:  # submitted; the job has not started main.py yet
         status.state = "queued" if alive is not False else "failed"
         if alive is False:
