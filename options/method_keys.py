@@ -8,6 +8,7 @@ the full check (distiller.base), never accepted by this one.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 DISTILLER = Path(__file__).resolve().parents[1] / "distiller"
@@ -15,6 +16,12 @@ DISTILLER = Path(__file__).resolve().parents[1] / "distiller"
 
 def method_key_names(folder: Path = DISTILLER) -> set[str] | None:
     """The names, or None where a method file cannot be read (then every unknown key waits for the methods)."""
+    names = _parsed(folder)
+    return None if names is None else set(names)
+
+
+@functools.cache  # parsed once per process: a sweep checks hundreds of columns' options
+def _parsed(folder: Path) -> frozenset[str] | None:
     names: set[str] = set()
     for path in sorted(folder.glob("*.py")):
         try:
@@ -24,4 +31,4 @@ def method_key_names(folder: Path = DISTILLER) -> set[str] | None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Dict):
                 names |= {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
-    return names
+    return frozenset(names)
