@@ -60,6 +60,8 @@ class Trainer:
                 self.group = self.build_group(members)
                 if epoch == 1:
                     self.init_stage(self.group)
+                    if any(t.diverged for t in members):  # its init stage diverged: no epoch to train
+                        continue
             self.train_epoch(self.group, epoch)
         failed = [t for t in self.trials if t.diverged]
         if failed:
@@ -82,6 +84,14 @@ class Trainer:
                     out = step(views, labels, index)
                     total, images = total + out["loss"].detach() * labels.shape[-1], images + labels.shape[-1]
             loss = float(total) / max(images, 1)  # one read per init epoch
+            # Under torchrun each rank's loss is its own: the first epoch's reduced statistics tell instead.
+            if not math.isfinite(loss) and self.run.processes == 1:
+                lr = type(method).init_learning_rate(self.run.opt)
+                how = "lower learning_rate" if lr == self.run.opt["learning_rate"] else "check the data and the teacher"
+                for trial in group.trials:
+                    self._stop(trial, f"the init stage's loss became NaN or infinite in init epoch {e} of {epochs} "
+                                      f"(its learning rate {lr:g}: {how})")
+                return
             label = f" of {group.trials[0].label}" if self.run.several else ""
             self.run.progress.say(f"init stage{label} epoch {e}/{epochs}: loss {loss:.4f}")
             for trial in group.trials:

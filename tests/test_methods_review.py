@@ -1,0 +1,34 @@
+"""The baselines under the trainer where the other tests do not reach: what a run of a two-stage method (AB, FT,
+FSP) says and does when its init stage fails, through main.py on tiny data (16 images: one step per epoch)."""
+import pytest
+from helpers import run_main, tiny_options, write_yaml
+
+from dataset import make_tiny_cifar
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("review") / "d16"
+    make_tiny_cifar(str(folder), n_train=16, n_test=16, num_classes=10, seed=0)
+    return str(folder)
+
+
+def options(work, data, teacher, distill, **extra):
+    opt = tiny_options(data, teacher, distill=distill, epochs=1, **extra)
+    del opt["cocord"]
+    return write_yaml(work / f"{distill}.yml", opt)
+
+
+def test_an_init_stage_that_diverges_stops_there_and_says_so(tmp_path, data16, tiny_teacher):
+    """A learning rate that makes AB's init stage NaN stops the trial after that init epoch (not 30 epochs of NaN
+    later), and the line blames the init stage and its learning rate, not 'before any update ... not the learning
+    rate' of the main stage's first step."""
+    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 4}, learning_rate=1e30)
+    done = run_main(["-opt", opt], tmp_path)
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip().splitlines()[-1]  # init epoch 1's one step runs before any update
+    assert "init stage" in line and "init epoch 2 of 4" in line and "learning_rate" in line, line
+    assert "before any update" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "init stage epoch 3/4" not in done.stdout, done.stdout
