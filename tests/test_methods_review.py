@@ -32,3 +32,13 @@ def test_an_init_stage_that_diverges_stops_there_and_says_so(tmp_path, data16, t
     assert "init stage" in line and "init epoch 2 of 4" in line and "learning_rate" in line, line
     assert "before any update" not in done.stdout + done.stderr, done.stdout + done.stderr
     assert "init stage epoch 3/4" not in done.stdout, done.stdout
+
+
+def test_the_first_step_after_an_init_stage_is_not_said_to_be_before_any_update(tmp_path, data16, tiny_teacher):
+    """The init stage's last update (one step per epoch here) is what makes the main stage's first step NaN: the
+    line says to lower learning_rate, not that the learning rate cannot be the cause."""
+    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 1}, learning_rate=1e30)
+    done = run_main(["-opt", opt], tmp_path)
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "epoch 1, step 1" in line and "lower learning_rate" in line and "before any update" not in line, line
