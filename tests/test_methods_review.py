@@ -42,3 +42,14 @@ def test_the_first_step_after_an_init_stage_is_not_said_to_be_before_any_update(
     assert done.returncode == 1, done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert "epoch 1, step 1" in line and "lower learning_rate" in line and "before any update" not in line, line
+
+
+def test_crd_on_a_training_set_of_one_class_is_one_line(tmp_path, tiny_teacher):
+    """CRD contrasts each sample with samples of other classes: a training split of one class is refused in one
+    line, exit status 2 (it was a ValueError's traceback, exit status 1)."""
+    data = tmp_path / "one_class"
+    make_tiny_cifar(str(data), n_train=16, n_test=8, num_classes=1, seed=0)
+    done = run_main(["-opt", options(tmp_path, str(data), tiny_teacher, "crd")], tmp_path)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ") and "two classes" in line, done.stderr
