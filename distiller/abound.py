@@ -19,6 +19,7 @@ from distiller.base import register
 from distiller.hint import ConvReg
 from distiller.kd import KD_OPTIONS, LOSS_CLS, ce_and_kd
 from distiller.two_stage import INIT_OPTIONS, TwoStage, stage_shapes, train_only
+from options.schema import OptionsError
 
 MARGIN = 1.0  # ABLoss's margin
 
@@ -60,7 +61,13 @@ class AB(TwoStage):
     def __init__(self, student, teacher, opt: dict[str, Any], train_labels: torch.Tensor | None = None):
         super().__init__(student, teacher, opt)
         self.w_cls, self.w_kd, self.kd_T = opt["loss_cls"], opt["loss_kd"], opt["kd_T"]
-        self.connector = Connector(stage_shapes(student, opt)[1:-1], stage_shapes(teacher, opt)[1:-1])
+        s_shapes, t_shapes = stage_shapes(student, opt)[1:-1], stage_shapes(teacher, opt)[1:-1]
+        if len(s_shapes) != len(t_shapes):
+            raise OptionsError(f"distill: abound pairs the stages of student and teacher one to one, but "
+                               f"{opt['student_model']} has {len(s_shapes)} and {opt['teacher_model']} "
+                               f"{len(t_shapes)} (RepDistiller's Connector cannot pair them either); choose another "
+                               "pair or method")
+        self.connector = Connector(s_shapes, t_shapes)
         train_only(self, self.trainable_modules())
 
     def frozen_modules(self) -> list[nn.Module]:

@@ -47,6 +47,7 @@ class Trainer:
         self.run, self.trials, self.build_group, self.test_batches = run, trials, build_group, test_batches
         self.group: Group | None = None
         self.skipped_note = False
+        self.init_trained = False  # an init stage has updated the method before its first epoch
 
     def fit(self) -> None:
         opt = self.run.opt
@@ -60,6 +61,8 @@ class Trainer:
                 self.group = self.build_group(members)
                 if epoch == 1:
                     self.init_stage(self.group)
+                    if any(t.diverged for t in members):  # its init stage diverged: no epoch to train
+                        continue
             self.train_epoch(self.group, epoch)
         failed = [t for t in self.trials if t.diverged]
         if failed:
@@ -82,6 +85,15 @@ class Trainer:
                     out = step(views, labels, index)
                     total, images = total + out["loss"].detach() * labels.shape[-1], images + labels.shape[-1]
             loss = float(total) / max(images, 1)  # one read per init epoch
+            # Under torchrun each rank's loss is its own: the first epoch's reduced statistics tell instead.
+            if not math.isfinite(loss) and self.run.processes == 1:
+                lr = type(method).init_learning_rate(self.run.opt)
+                how = "lower learning_rate" if lr == self.run.opt["learning_rate"] else "check the data and the teacher"
+                for trial in group.trials:
+                    self._stop(trial, f"the init stage's loss became NaN or infinite in init epoch {e} of {epochs} "
+                                      f"(its learning rate {lr:g}: {how})")
+                return
+            self.init_trained = True
             label = f" of {group.trials[0].label}" if self.run.several else ""
             self.run.progress.say(f"init stage{label} epoch {e}/{epochs}: loss {loss:.4f}")
             for trial in group.trials:
@@ -116,7 +128,7 @@ class Trainer:
         progress.close()
         lines, stopped = [], []
         for k, trial in enumerate(group.trials):
-            problem = _problem(stats[k], vals[k], epoch)
+            problem = _problem(stats[k], vals[k], epoch, self.init_trained)
             state = group.replicas.trial_state(k) if problem is None else {}
             floats = [t.isfinite().all() for t in state.values() if t.is_floating_point()]
             if floats and not bool(torch.stack(floats).all()):
@@ -144,7 +156,7 @@ class Trainer:
 
     def _check_running(self, group: Group, stats: list[dict[str, Any]], epoch: int) -> None:
         """Mid-epoch: a single trial stops at once; in a group the others go on to the epoch's end."""
-        bad = [(t, _problem(s, None, epoch)) for t, s in zip(group.trials, stats)]
+        bad = [(t, _problem(s, None, epoch, self.init_trained)) for t, s in zip(group.trials, stats)]
         if all(problem is not None for _, problem in bad):
             for trial, problem in bad:
                 self._stop(trial, problem)
@@ -233,11 +245,14 @@ def _random_state(group: Group) -> contextlib.AbstractContextManager:
     return group.trials[0].rng.active() if len(group.trials) == 1 else contextlib.nullcontext()
 
 
-def _problem(train: dict[str, Any], val: dict[str, float] | None, epoch: int) -> str | None:
+def _problem(train: dict[str, Any], val: dict[str, float] | None, epoch: int, init_trained: bool = False
+             ) -> str | None:
+    """`init_trained`: an init stage updated the method before epoch 1 (whose first step is then not the first)."""
     if train["bad"]:
         name, at = min(train["bad"].items(), key=lambda kv: kv[1])
         cause = ("before any update, so the teacher, the data or the options (e.g. cocord.T) produce it, not the "
-                 "learning rate" if epoch == 1 and at == 1 else "lower learning_rate or check the data")
+                 "learning rate" if epoch == 1 and at == 1 and not init_trained else
+                 "lower learning_rate or check the data")
         return f"{name} became NaN or infinite at epoch {epoch}, step {at} ({cause})"
     if val is not None and not math.isfinite(val["loss"]):
         return f"the test loss became NaN or infinite at epoch {epoch} (lower learning_rate)"
