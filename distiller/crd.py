@@ -32,10 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dataset import DataError
 from distiller.base import Distiller, register
 from distiller.kd import KD_OPTIONS, LOSS_CLS, ce_and_kd
-from options.schema import NONNEG, POS, UNIT, Field
+from options.schema import NONNEG, POS, UNIT, Field, OptionsError
 from utils import distributed
 
 EPS = 1e-7  # RepDistiller's crd/criterion.py eps
@@ -150,7 +149,7 @@ class NegativeSampler(nn.Module):
         n_other = len(labels) - torch.bincount(labels, minlength=n_cls)  # negatives of each class
         present = torch.bincount(labels, minlength=n_cls) > 0
         if bool((n_other[present] == 0).any()):
-            raise DataError("crd needs training samples of at least two classes (it contrasts other classes): "
+            raise OptionsError("crd needs training samples of at least two classes (it contrasts other classes): "
                             "check data_folder and n_cls")
         needs_replacement = present & (n_other < k)
         self.with_replacement = bool(needs_replacement.any())
