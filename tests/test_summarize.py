@@ -218,3 +218,28 @@ def test_any_folder_bounded_and_without_symlinks(tmp_path: Path) -> None:
     assert "note: 2 symlinked folder(s) not followed" in run_tool(str(sweep)).stdout
     one = run_tool(str(sweep / "col_b" / "runs" / PAIR / "trial_2"), "--json")  # a trial folder itself
     assert [(g["n"], g["best_mean"]) for g in json.loads(one.stdout)["groups"]] == [(1, 72.0)]
+
+
+def test_a_trial_found_in_two_folders_counts_once(tmp_path: Path) -> None:
+    """A column run by hand and again in a sweep: the same options and seed are one trial, not two. Trials with
+    other seeds, or with none recorded (older runs), still count apart."""
+    root = tmp_path / "experiments"
+    runs = [(PAIR, "trial_1", 1, 71.0), (f"sweeps/table/runs/001-col/{PAIR}", "trial_1", 1, 71.0),
+            (f"sweeps/table/runs/001-col/{PAIR}", "trial_2", 2, 73.0), ("by_hand", "trial_2", 7, 75.0)]
+    for folder, trial, seed, acc in runs:
+        write_run(root, folder, trial, published(), {**cocord_result(acc, acc), "seed": seed})
+    unfinished = {**cocord_result(70.0, 70.0), "seed": 1, "finished": False, "last_epoch": 3}
+    write_run(root, "elsewhere", "trial_1", published(), unfinished)  # a stopped copy of trial 1
+    for t in (3, 4):  # no seed recorded: the same numbers, yet nothing says they are one trial
+        write_run(root, "old", f"trial_{t}", published(), cocord_result(77.0, 77.0))
+
+    proc = run_tool(str(root), "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["groups"]
+    assert row["n"] == 5 and row["n_unfinished"] == 0, row
+    assert math.isclose(row["last_mean"], statistics.fmean([71.0, 73.0, 75.0, 77.0, 77.0]))
+    assert sorted((r["name"], r["same_as"]) for r in row["repeated"]) == [
+        ("elsewhere/trial_1", f"{PAIR}/trial_1"), (f"sweeps/table/runs/001-col/{PAIR}/trial_1", f"{PAIR}/trial_1")]
+    text = run_tool(str(root)).stdout
+    assert "5/5" in text and "Repeated trials (2," in text and f"  elsewhere/trial_1: as {PAIR}/trial_1 (seed 1)" \
+        in text, text

@@ -160,6 +160,7 @@ def _read(trial: Path) -> dict[str, Any]:
            "best_acc": _optional(res.get("best_acc"), "results.json: best_acc", 0, 100),
            "last_acc": _optional(res.get("last_acc"), "results.json: last_acc", 0, 100),
            "teacher_acc": _optional(res.get("teacher_acc"), "results.json: teacher_acc", 0, 100),
+           "seed": _optional(res.get("seed"), "results.json: seed", 0, 2**32),  # the trial's own: seed + t - 1
            "curve": _curve(res.get("history")), "note": None if res else "no results.json yet"}
     lacking = [k for k in ("best_acc", "last_acc") if run[k] is None]
     if run["status"] == "finished" and lacking:

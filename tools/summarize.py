@@ -4,7 +4,8 @@
 
 FOLDER is any folder (default: experiments): every trial_<N>/ folder below it (tools/runs.py) is a trial. One row
 per pair, method and setting: trials are averaged only when every option that decides the result is the same
-(options.settings). The method is the run's `distill:` name, with '+kd' where a KD term is added (loss_kd > 0).
+(options.settings), and a trial in several folders (same options, same seed) counts once. The method is the
+run's `distill:` name, with '+kd' where a KD term is added (loss_kd > 0).
 No torch: it runs in a second wherever the results are.
 """
 from __future__ import annotations
@@ -111,15 +112,33 @@ def _differs(options: dict[str, Any], ref: dict[str, Any], varying: set[str]) ->
     return {k: v for k, v in values.items() if (v != ref[k] if k in ref else k in varying)}
 
 
+def _distinct(members: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the row's trials, repeats): one run of the same options with the same seed in several folders (a column
+    run by hand, then in a sweep) is one trial, counted once: the finished copy, else the furthest trained."""
+    kept: dict[Any, dict[str, Any]] = {}
+    repeats = []
+    for r in sorted(members, key=lambda r: (r["status"] != "finished", -(r["last_epoch"] or 0), r["path"])):
+        key = r.get("seed") if r.get("seed") is not None else r["path"]  # no seed recorded: cannot tell
+        if key in kept:
+            repeats.append({"name": r["name"], "same_as": kept[key]["name"], "seed": r["seed"]})
+        else:
+            kept[key] = r
+    return sorted(kept.values(), key=lambda r: r["path"]), repeats
+
+
 def group_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows: finished and unfinished runs of one (teacher, student, method, dataset, options), in the paper's
-    order; 'n' counts the finished trials (the means are theirs), 'n_unfinished' the others."""
+    order; 'n' counts the finished trials (the means are theirs), 'n_unfinished' the others, 'repeated' the
+    copies of a trial counted once."""
     paper = load_paper()
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         if r["status"] in ("finished", "unfinished"):
             setting = tuple(sorted(r["options"].items(), key=lambda kv: kv[0]))
             groups.setdefault((r["teacher"], r["student"], r["method"], r["dataset"], setting), []).append(r)
+    repeated = {}
+    for key, members in groups.items():
+        groups[key], repeated[key] = _distinct(members)
     siblings: dict[tuple, list[dict[str, Any]]] = {}  # the option sets of each (pair, method)
     for key in groups:
         siblings.setdefault(key[:4], []).append(dict(key[4]))
@@ -152,7 +171,8 @@ def group_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "paper": value, "paper_column": column,
                     "diff": None if value is None or last_mean is None else last_mean - value,
                     "options": dict(options), "trials": [r["path"] for r in done],
-                    "unfinished_trials": [r["path"] for r in groups[key] if r["status"] != "finished"]})
+                    "unfinished_trials": [r["path"] for r in groups[key] if r["status"] != "finished"],
+                    "repeated": repeated[key]})
     return out
 
 
@@ -233,6 +253,10 @@ def summarize(root: str | Path, runs: list[dict[str, Any]], notes: list[str], wi
         lines += ["", f"Unfinished trials ({len(unfinished)}, counted in trials, not averaged):"]
         lines += [f"  {r['name']}: epoch {_f(r['last_epoch'], 'g')}/{_f(r['epochs'], 'g')}"
                   + (f" ({r['note']})" if r.get("note") else "") for r in unfinished]
+    repeats = [r for g in groups for r in g["repeated"]]
+    if repeats:
+        lines += ["", f"Repeated trials ({len(repeats)}, the same options and seed as a trial counted; left out):"]
+        lines += [f"  {r['name']}: as {r['same_as']} (seed {_f(r['seed'], 'g')})" for r in repeats]
     bad = [r for r in runs if r["status"] == "damaged"]
     if bad:
         lines += ["", f"Damaged trials ({len(bad)}, left out):"] + [f"  {r['name']}: {r['error']}" for r in bad]
