@@ -7,6 +7,7 @@ limit is refused at its header (a compressed bomb is never expanded, not even to
 members together may hold ARCHIVE_FACTOR times that, and each copy stops at the limit whatever the header said."""
 from __future__ import annotations
 
+import lzma
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import stat
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -30,6 +32,9 @@ MIB = 1 << 20
 MAX_TEACHER_MIB = 512  # the largest CRD teacher (ResNet50 with its optimizer state) is under 200 MiB
 ARCHIVE_FACTOR = 8  # all members together: mdistiller's archive holds a handful of teachers
 MAX_MEMBERS = 10_000
+# What reading a damaged archive raises: tarfile's errors, and the decompressors' own (a corrupt .tar.xz or .tar.gz
+# raises LZMAError or zlib.error while tarfile seeks past a member; tarfile does not wrap them there).
+READ_ERRORS = (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error)
 
 
 class FetchError(RuntimeError):
@@ -188,7 +193,7 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
     check_dest(dest)
     try:
         tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, EOFError, OSError):
+    except READ_ERRORS:
         with open(archive, "rb") as f:  # a saved error page is the usual culprit: say so
             html = f.read(512).lstrip().lower().startswith((b"<!doctype", b"<html"))
         what = "it is an HTML page" if html else "tar, tar.gz, tar.bz2 or tar.xz expected"
@@ -199,7 +204,7 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
     with tar:
         try:
             found = _teachers(tar, archive, dest, max_teacher_bytes)
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except READ_ERRORS as e:
             raise FetchError(f"archive {archive} is corrupt or truncated ({e}); download it again") from None
         if not found:
             raise FetchError(f"archive {archive} holds no cifar_teachers/<arch>_vanilla/{CKPT_NAME} files; "
@@ -225,7 +230,7 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 _install_one(tar, found[arch], arch, target, label, max_teacher_bytes)
-            except (CheckpointError, FetchError, tarfile.TarError, EOFError, OSError) as e:
+            except (CheckpointError, FetchError, *READ_ERRORS) as e:
                 print(f"{arch}: FAILED, {e}; not installed", file=sys.stderr, flush=True)
                 failed.append(arch)
                 if created_dir:  # leave no empty folder behind for a teacher that is not there

@@ -1,0 +1,56 @@
+"""Review of the tools as a user meets them: edge cases of evaluate, fetch_teachers, plot, runs."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import lzma
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from models import build_model
+
+TOOLS = ROOT / "tools"
+sys.path.insert(0, str(TOOLS))  # as when the tools run as scripts: their siblings importable
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"review_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _teachers_tar() -> bytes:
+    """An uncompressed cifar_teachers.tar with two 100-class teachers, byte for byte the same on every call."""
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save({"model": build_model("resnet8", 100).state_dict()}, buf)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for arch in ("resnet8", "resnet14"):
+            info = tarfile.TarInfo(f"cifar_teachers/{arch}_vanilla/ckpt_epoch_240.pth")
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("suffix", "at"), [("xz", 0.5), ("gz", 491978)])
+def test_corrupt_compressed_archive_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       suffix: str, at: float) -> None:
+    """A .tar.xz or .tar.gz damaged in the middle: the decompressor's own error (LZMAError, zlib.error) escaped
+    as a traceback with exit status 1, which the tool's doc reserves for teachers that failed verification."""
+    data = bytearray(lzma.compress(_teachers_tar()) if suffix == "xz" else gzip.compress(_teachers_tar(), mtime=0))
+    start = int(len(data) * at) if isinstance(at, float) else at
+    data[start:start + 200] = bytes(200)
+    archive = tmp_path / f"cifar_teachers.tar.{suffix}"
+    archive.write_bytes(bytes(data))
+    code = _tool("fetch_teachers").main(["--archive", str(archive), "--dest", str(tmp_path / "t")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "corrupt or truncated" in err[0], err
+    assert not (tmp_path / "t").exists()
