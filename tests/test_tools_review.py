@@ -54,3 +54,28 @@ def test_corrupt_compressed_archive_is_one_line_exit_2(tmp_path: Path, capsys: p
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "corrupt or truncated" in err[0], err
     assert not (tmp_path / "t").exists()
+
+
+def _hand_made_run(root: Path) -> Path:
+    """One finished resnet56 -> resnet20 CoCoRD trial on CIFAR-100, written by hand (as tests/test_tools.py)."""
+    from test_tools import opts, result, write_run
+    return write_run(root, "S_resnet20_T_resnet56_cifar100_cocord_ctr1.0cls1.0p4.0", "trial_1",
+                     opts("resnet20", "resnet56", "cocord"), result("resnet20", "resnet56", "cocord", 71.5, 71.2, 72.3))
+
+
+@pytest.mark.parametrize("blocked", ["out_is_a_file", "figure_name_is_a_folder"])
+def test_plot_into_a_place_it_cannot_write_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              blocked: str) -> None:
+    """--out naming a file, or a figure's name taken by a folder, was a traceback (FileExistsError...)."""
+    _hand_made_run(tmp_path / "experiments")
+    out = tmp_path / "figs"
+    if blocked == "out_is_a_file":
+        out.write_text("notes\n")
+    else:
+        (out / "paper_comparison.png").mkdir(parents=True)
+    code = _tool("plot").main([str(tmp_path / "experiments"), "--out", str(out), "--bench", str(tmp_path / "none")])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write the figures into {out}"), err
+    assert captured.out == ""
+    assert out.is_file() if blocked == "out_is_a_file" else (out / "paper_comparison.png").is_dir()

@@ -194,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: nothing to plot: {reason}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    papers, skipped = plot_paper(groups, out)
-    figures = plot_curves(groups, runs, out) + papers + plot_speed(Path(args.bench), out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        papers, skipped = plot_paper(groups, out)
+        figures = plot_curves(groups, runs, out) + papers + plot_speed(Path(args.bench), out)
+    except OSError as err:  # --out a file, a figure's name taken by a folder, a read-only folder
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: cannot write the figures into {args.out} ({err.strerror or err}{where}); give --out a folder "
+              "this user can write", file=sys.stderr)
+        return 2
     damaged = sum(r["status"] == "damaged" for r in runs)
     skipped += [f"{damaged} damaged trial(s): see tools/summarize.py {args.root}"] if damaged else []
     skipped += [] if any(f["kind"] == "speed" for f in figures) else [f"speed: no rates in {args.bench}/*.jsonl"]
