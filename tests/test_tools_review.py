@@ -79,3 +79,20 @@ def test_plot_into_a_place_it_cannot_write_is_one_line_exit_2(tmp_path: Path, ca
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write the figures into {out}"), err
     assert captured.out == ""
     assert out.is_file() if blocked == "out_is_a_file" else (out / "paper_comparison.png").is_dir()
+
+
+def test_experiment_name_holding_archived_is_a_live_run(tmp_path: Path) -> None:
+    """experiment_name: ablation_archived_runs is legal; its trials were skipped as 'archived' (any '_archived_' in
+    the path), so summarize and plot said a finished run was an archived one and left it out."""
+    from runs import collect_runs
+    from test_tools import opts, result, write_run
+    root = tmp_path / "experiments"
+    live = write_run(root, "ablation_archived_runs", "trial_1", opts("resnet20", "resnet56", "cocord"),
+                     result("resnet20", "resnet56", "cocord", 71.5, 71.2, 72.3))
+    old = write_run(root, "ablation_archived_runs", "trial_1_archived_261126-101010",
+                    opts("resnet20", "resnet56", "cocord"), result("resnet20", "resnet56", "cocord", 9.0, 9.0, 72.3))
+    gone = write_run(root, "S_x_archived_261126-101010_2", "trial_1", opts("resnet20", "resnet56", "cocord"),
+                     result("resnet20", "resnet56", "cocord", 9.0, 9.0, 72.3))
+    runs, _ = collect_runs(root)
+    assert {r["path"]: r["status"] for r in runs} == {str(live): "finished", str(old): "archived",
+                                                       str(gone): "archived"}

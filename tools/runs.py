@@ -17,6 +17,9 @@ from options.yamlfile import YamlRefused, read_yaml_file
 from utils.trialfiles import TrialFileRefused, read_trial_json, read_trial_options
 
 TRIAL = re.compile(r"trial_(\d+)")
+# An archived folder's name (utils/files.archive_name): <name>_archived_<yymmdd-HHMMSS>[_<n>]. Only that: an
+# experiment_name such as ablation_archived_runs names live runs.
+ARCHIVED = re.compile(r".+_archived_\d{6}-\d{6}(?:_\d+)?")
 MAX_DEPTH = 12  # folders below the root searched: experiments/sweeps/<name>/<column>/<experiment>/trial_N is 5
 MAX_FOLDERS = 100_000  # folders visited in all: a root such as / stops here instead of walking the disk
 MAX_EPOCH = 10**6
@@ -64,15 +67,15 @@ def _found(root: Path) -> tuple[list[Path], list[Path], list[str]]:
             notes.append(f"stopped after {MAX_FOLDERS} folders: give a folder nearer the runs")
             break
         below = Path(folder).relative_to(root)
-        depth, in_archive = len(below.parts), "_archived_" in str(below)
+        depth, in_archive = len(below.parts), any(ARCHIVED.fullmatch(part) for part in below.parts)
         searched = []
         for name in sorted(subfolders):
             path = Path(folder, name)
             if path.is_symlink():  # never followed: a link could lead out of the folder, or loop
                 links += 1
                 continue
-            archive = in_archive or "_archived_" in name
-            if TRIAL.fullmatch(name.split("_archived_")[0]) and (archive or _is_run(path)):
+            archive = in_archive or bool(ARCHIVED.fullmatch(name))
+            if TRIAL.fullmatch(name.rsplit("_archived_", 1)[0] if archive else name) and (archive or _is_run(path)):
                 (archived if archive else trials).append(path)  # nothing inside a run is searched
             elif depth + 1 >= MAX_DEPTH:
                 too_deep += 1
