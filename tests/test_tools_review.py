@@ -96,3 +96,14 @@ def test_experiment_name_holding_archived_is_a_live_run(tmp_path: Path) -> None:
     runs, _ = collect_runs(root)
     assert {r["path"]: r["status"] for r in runs} == {str(live): "finished", str(old): "archived",
                                                        str(gone): "archived"}
+
+
+def test_an_arch_named_twice_is_installed_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--archs resnet8 resnet8 installed it, then said '[already present, kept; --force replaces it]' of the file it
+    had just written (with --force: wrote it twice)."""
+    archive = tmp_path / "cifar_teachers.tar"
+    archive.write_bytes(_teachers_tar())
+    code = _tool("fetch_teachers").main(["--archive", str(archive), "--dest", str(tmp_path / "t"),
+                                         "--archs", "resnet8", "resnet8"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and out == [f"resnet8: ok, {tmp_path / 't' / 'resnet8' / 'ckpt_epoch_240.pth'}"], out

@@ -188,6 +188,7 @@ def install_from_archive(archive: str | os.PathLike[str], dest: str | os.PathLik
     TeachersFailed after reporting each teacher if any of them did not load as its named architecture.
     """
     archive, dest = Path(archive), Path(dest)
+    archs = list(dict.fromkeys(archs)) if archs else archs  # --archs a a: once (not 'already present, kept')
     check_known(archs)
     _check_archive(archive)
     check_dest(dest)
