@@ -107,3 +107,14 @@ def test_an_arch_named_twice_is_installed_once(tmp_path: Path, capsys: pytest.Ca
                                          "--archs", "resnet8", "resnet8"])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and out == [f"resnet8: ok, {tmp_path / 't' / 'resnet8' / 'ckpt_epoch_240.pth'}"], out
+
+
+def test_evaluate_negative_workers_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--workers -1 on ImageNet reached DataLoader: a ValueError traceback."""
+    from dataset import write_demo_imagefolder
+    write_demo_imagefolder(str(tmp_path / "imagenet"), num_classes=3, per_class=1, size=32, seed=0)
+    torch.save(build_model("resnet18", 3).state_dict(), tmp_path / "r18.pth")
+    code = _tool("evaluate").main([str(tmp_path / "r18.pth"), "--cpu", "--dataset", "imagenet", "--data-folder",
+                                   str(tmp_path / "imagenet"), "--workers", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --workers"), err

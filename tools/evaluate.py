@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or (args.n_cls is not None and args.n_cls < 1):
         print("error: --batch-size and --n-cls must be positive", file=sys.stderr)
         return 2
+    if args.workers < 0:  # DataLoader's ValueError, a traceback, on ImageNet
+        print("error: --workers must be 0 (load in this process) or more", file=sys.stderr)
+        return 2
     try:
         out = run(args)
     except (CheckpointError, DataError, UsageError) as err:
