@@ -71,6 +71,8 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
         want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                 "path": "a path (a string)", "int_list": "a list of integers"}[kind]
         raise OptionsError(f"option '{where}' must be {want}, got {show_value(value)}")
+    if kind in ("str", "path") and "\0" in value:  # no file name holds one: os.stat raises ValueError
+        raise OptionsError(f"option '{where}' must not hold a NUL character, got {show_value(value)}")
     if kind == "float":
         try:
             number = float(value)

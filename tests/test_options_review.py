@@ -1,0 +1,44 @@
+"""Options as a demanding user writes them: odd but legal YAML, --set forms, and the folder names they give.
+Cheap: build_options in-process; the one main.py run fails before torch is imported."""
+import pytest
+from helpers import run_main
+
+from distiller import build_options, method_class
+from options.schema import OptionsError
+
+
+def folder(overrides=(), given=None):
+    opt = build_options({"teacher_model": "resnet56", **(given or {})}, list(overrides))
+    return method_class(opt["distill"]).folder_name(opt)
+
+
+@pytest.mark.parametrize("override", ['experiment_name="a\\0b"', 'experiments_dir="e\\0x"', 'data_folder="d\\0"',
+                                      'path.teacher="t\\0.pth"', 'student_model="resnet\\0"'])
+def test_a_nul_character_is_refused(override):
+    """os.stat raised a ValueError (a traceback, exit status 1) for a NUL in experiment_name or experiments_dir;
+    elsewhere the message showed the path cut at the NUL."""
+    with pytest.raises(OptionsError, match="NUL"):
+        build_options({}, [override])
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\tb", "a\x1bb", "a\x7fb"])
+def test_experiment_name_takes_no_control_characters(name):
+    """A newline or escape in a folder name breaks every line that shows it (the resume command included)."""
+    with pytest.raises(OptionsError, match="experiment_name"):
+        build_options({"experiment_name": name})
+
+
+def test_an_unusual_but_printable_experiment_name_is_kept():
+    assert folder(["experiment_name=run 3 (α=0.5)"]) == "run 3 (α=0.5)"
+    assert folder(["experiment_name=.hidden"]) == ".hidden"
+
+
+@pytest.mark.slow
+def test_main_refuses_a_nul_in_the_folder_with_one_line(tmp_path):
+    opt = tmp_path / "opt.yml"
+    opt.write_text('experiment_name: "a\\0b"\n')
+    done = run_main(["-opt", str(opt)], tmp_path, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "experiment_name" in lines[0] and "NUL" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]
