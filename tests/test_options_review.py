@@ -4,7 +4,7 @@ import pytest
 from helpers import run_main
 
 from distiller import build_options, method_class
-from options.schema import OptionsError
+from options.schema import OptionsError, read_options_file
 
 
 def folder(overrides=(), given=None):
@@ -42,3 +42,29 @@ def test_main_refuses_a_nul_in_the_folder_with_one_line(tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "experiment_name" in lines[0] and "NUL" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.yml"]
+
+
+@pytest.mark.parametrize("override,words", [
+    ("epochs=010", ["010", "octal", "8"]), ("batch_size=064", ["064", "octal", "52"]),
+    ("lr_decay_epochs=[100, 0150]", ["0150", "octal", "104"]),
+    ("epochs=1:30", ["1:30", "base 60", "90"]), ("cocord.T=1:0.5", ["1:0.5", "base 60"]),
+])
+def test_yaml_11_octal_and_base_60_numbers_are_refused(override, words):
+    """YAML 1.1 reads 010 as 8 and 1:30 as 90: `--set epochs=010` trained 8 epochs, `epochs: 4:00` meant 240."""
+    with pytest.raises(OptionsError) as caught:
+        build_options({}, [override])
+    assert all(word in str(caught.value) for word in words), str(caught.value)
+
+
+def test_octal_in_a_file_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "opt.yml"
+    path.write_text("seed: 1\nepochs: 4:00\n")
+    with pytest.raises(OptionsError, match="line 2"):
+        read_options_file(path)
+
+
+def test_numbers_that_read_the_same_either_way_are_kept():
+    opt = build_options({}, ["epochs=07", "seed=0", "batch_size=0x40", "cocord.key_size=2_048", "cocord.T=0.10"])
+    assert (opt["epochs"], opt["seed"], opt["batch_size"], opt["cocord"]["key_size"]) == (7, 0, 64, 2048)
+    assert build_options({}, ["lr_decay_epochs=[01, 2]"])["lr_decay_epochs"] == [1, 2]
+    assert build_options({}, ['experiment_name="010"'])["experiment_name"] == "010"
