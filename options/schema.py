@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from options.common import COMMON, DERIVED, NONNEG, POS, SEED_LIMIT, UNIT, Field, machine  # noqa: F401 (the schema's parts)
-from options.yamlfile import YamlRefused, YamlSyntax, load_yaml, read_yaml_file, show_name, show_value
+from options.yamlfile import YamlRefused, YamlSyntax, holds_comment, load_yaml, read_yaml_file, show_name, show_value
 
 
 class OptionsError(ValueError):
@@ -185,7 +185,8 @@ def build_options(given: dict[str, Any], overrides: Sequence[str] = (), schema: 
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`cocord.T=0.07 epochs=10` -> nested mapping; values are read as YAML (lists, null, true).
+    """`cocord.T=0.07 epochs=10` -> nested mapping; values are read as YAML (lists, null, true), but a value that is
+    not YAML, or that holds a YAML comment (`experiment_name=run #3`), is the text itself.
     A key given twice, or both as a section and inside it (`cocord=...` and `cocord.T=...`), is an error."""
     tree: dict[str, Any] = {}
     first: dict[str, str] = {}  # each key given so far -> the override that gave it
@@ -197,6 +198,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise OptionsError(f"override {shown} must look like key=value (e.g. cocord.T=0.07)")
         try:
             value = load_yaml(text) if text else None
+            if holds_comment(text):  # ' #' on a command line is part of the value, never a comment
+                value = text
         except YamlSyntax:
             value = text  # not YAML: the text itself, e.g. a path holding ': '
         except YamlRefused as err:

@@ -203,6 +203,12 @@ def load_yaml(text: str) -> Any:
             loader.dispose()
 
 
+def holds_comment(text: str) -> bool:
+    """Whether YAML `text` (valid) holds a comment: a '#' outside every token (`#3`, `run #3`)."""
+    spans = [(t.start_mark.index, t.end_mark.index) for t in yaml.scan(text, Loader=yaml.SafeLoader)]
+    return any(not any(a <= i < b for a, b in spans) for i, ch in enumerate(text) if ch == "#")
+
+
 def decode_text(data: bytes) -> str:
     """UTF-8 (a byte-order mark is allowed, editors on Windows write one) or YamlRefused."""
     if data.startswith(codecs.BOM_UTF8):

@@ -68,3 +68,23 @@ def test_numbers_that_read_the_same_either_way_are_kept():
     assert (opt["epochs"], opt["seed"], opt["batch_size"], opt["cocord"]["key_size"]) == (7, 0, 64, 2048)
     assert build_options({}, ["lr_decay_epochs=[01, 2]"])["lr_decay_epochs"] == [1, 2]
     assert build_options({}, ['experiment_name="010"'])["experiment_name"] == "010"
+
+
+@pytest.mark.parametrize("override,key,value", [
+    ("experiment_name=#3", "experiment_name", "#3"),  # was null: the run went to the default folder
+    ("experiment_name=run #3", "experiment_name", "run #3"),  # was 'run'
+    ("path.teacher=t #2.pth", "path.teacher", "t #2.pth"),
+    ('experiment_name="#3"', "experiment_name", "#3"), ("experiment_name=run#3", "experiment_name", "run#3"),
+])
+def test_a_set_value_is_never_cut_at_a_yaml_comment(override, key, value):
+    """On a command line ' #' is never a comment: a value holding one is the text itself, as one that is not YAML."""
+    opt = build_options({}, [override])
+    assert (opt[key] if "." not in key else opt["path"]["teacher"]) == value
+
+
+@pytest.mark.parametrize("override,words", [("epochs=3 # was 2", "must be an integer, got '3 # was 2'"),
+                                            ("cocord.T=#0.2", "must be a number, got '#0.2'")])
+def test_a_number_followed_by_a_comment_is_refused(override, words):
+    """`cocord.T=#0.2` was null for a key that takes none, and `epochs=3 # was 2` was 3."""
+    with pytest.raises(OptionsError, match=words):
+        build_options({}, [override])
