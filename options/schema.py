@@ -80,7 +80,7 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
             number = math.inf
         if not math.isfinite(number):
             raise OptionsError(f"option '{where}' must be a finite number, got {show_value(value)}")
-        value = number
+        value = number + 0.0  # -0.0 is 0.0: a folder name shows it the same way
     if kind == "path":  # `~/x` means the home folder for every reader, not a folder named `~`
         value = os.path.expanduser(value)
     if field.choices and value not in field.choices:

@@ -88,3 +88,10 @@ def test_a_number_followed_by_a_comment_is_refused(override, words):
     """`cocord.T=#0.2` was null for a key that takes none, and `epochs=3 # was 2` was 3."""
     with pytest.raises(OptionsError, match=words):
         build_options({}, [override])
+
+
+def test_minus_zero_names_the_folder_zero_does():
+    """-0.0 is 0.0 (the same settings): `loss_ctr=-0.0` made '..._ctr-0.0cls...', a second folder for one run."""
+    assert folder(["loss_ctr=-0.0"]) == folder(["loss_ctr=0"]) == \
+        "S_resnet20_T_resnet56_cifar100_cocord_ctr0.0cls1.0p4.0"
+    assert folder(["distill=kd", "loss_kd=1", "loss_cls=-0.0"]) == folder(["distill=kd", "loss_kd=1", "loss_cls=0.0"])
