@@ -87,6 +87,8 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
         raise OptionsError(f"option '{where}' must be one of {', '.join(field.choices)}, got {show_value(value)}")
     if field.check and not field.check(value):
         raise OptionsError(f"option '{where}' {field.rule}, got {show_value(value)}")
+    if kind in ("int", "int_list") and not all(-2**63 <= v < 2**63 for v in (value if kind == "int_list" else [value])):
+        raise OptionsError(f"option '{where}' must fit in a 64-bit integer (torch's), got {show_value(value)}")
     return value
 
 

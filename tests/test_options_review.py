@@ -95,3 +95,14 @@ def test_minus_zero_names_the_folder_zero_does():
     assert folder(["loss_ctr=-0.0"]) == folder(["loss_ctr=0"]) == \
         "S_resnet20_T_resnet56_cifar100_cocord_ctr0.0cls1.0p4.0"
     assert folder(["distill=kd", "loss_kd=1", "loss_cls=-0.0"]) == folder(["distill=kd", "loss_kd=1", "loss_cls=0.0"])
+
+
+@pytest.mark.parametrize("override", ["cocord.embedding_dim=100000000000000000000000", "epochs=9223372036854775808",
+                                      "lr_decay_epochs=[1, 9223372036854775808]",
+                                      "cocord.hidden_dim=18446744073709551616"])
+def test_an_integer_beyond_64_bits_is_refused(override):
+    """torch holds sizes in 64 bits: cocord.embedding_dim=10**23 passed every check and raised 'Overflow when
+    unpacking long' from nn.Linear, a traceback with exit status 1."""
+    with pytest.raises(OptionsError, match="64-bit"):
+        build_options({}, [override])
+    assert build_options({}, ["epochs=9223372036854775807"])["epochs"] == 2**63 - 1
