@@ -47,6 +47,15 @@ def did_you_mean(name: str, valid: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
 
+def _fits_a_file_name(text: str) -> bool:
+    """Neither a NUL (os.stat raises ValueError) nor a surrogate that is no escaped byte (UnicodeEncodeError)."""
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text
+
+
 def _coerce(where: str, field: Field, value: Any) -> Any:
     """Type-check one value. YAML 1.1 reads `5e-4` as a string, so floats may arrive as text."""
     if value is None:
@@ -71,8 +80,9 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
         want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                 "path": "a path (a string)", "int_list": "a list of integers"}[kind]
         raise OptionsError(f"option '{where}' must be {want}, got {show_value(value)}")
-    if kind in ("str", "path") and "\0" in value:  # no file name holds one: os.stat raises ValueError
-        raise OptionsError(f"option '{where}' must not hold a NUL character, got {show_value(value)}")
+    if kind in ("str", "path") and not _fits_a_file_name(value):
+        raise OptionsError(f"option '{where}' must be text a file name can hold (no NUL character, no lone "
+                           f"surrogate), got {show_value(value)}")
     if kind == "float":
         try:
             number = float(value)

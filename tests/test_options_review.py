@@ -120,3 +120,15 @@ def test_trials_or_options_file_given_twice_are_refused(argv, words, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], lines
     assert main.parse_args(["-opt", "x.yml", "-t", "2-3", "--set", "a=1", "--set", "b=2"]).trials == [2, 3]
+
+
+@pytest.mark.parametrize("override", ['experiments_dir="e\\ud800"', 'path.resume="r\\udfff"'])
+def test_a_lone_surrogate_is_refused(override):
+    """YAML's "\\ud800" makes a character no file name can hold: os.stat raised UnicodeEncodeError (a traceback)."""
+    with pytest.raises(OptionsError, match="file name can hold"):
+        build_options({}, [override])
+
+
+def test_bytes_a_command_line_could_not_decode_stay_a_path():
+    """A non-UTF-8 byte in argv arrives as a surrogate escape (\\udce9 for 0xe9): it names the same file."""
+    assert build_options({}, ["data_folder=d\udce9"])["data_folder"] == "d\udce9"
