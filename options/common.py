@@ -94,8 +94,9 @@ COMMON: dict[str, Any] = {
     "n_cls": Field(100, "int", *POS),
     "experiments_dir": machine("experiments", "path"),
     # The folder under experiments_dir; null: the method's own naming rule (published: loss weights only).
-    "experiment_name": Field(None, "str", lambda v: v not in ("", ".", "..") and "/" not in v,
-                             "must be a plain folder name (no '/')", nullable=True, result=False),
+    "experiment_name": Field(None, "str", lambda v: v not in ("", ".", "..") and "/" not in v and v.isprintable(),
+                             "must be a plain folder name (no '/', no control characters)", nullable=True,
+                             result=False),
     "sync_bn": Field(False, "bool", resume="change"),
     "speed": {  # the speed settings a run records are those that applied where it ran
         # auto: the GPU loader on a GPU, torchvision's loader on the CPU.

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from options.common import COMMON, DERIVED, NONNEG, POS, SEED_LIMIT, UNIT, Field, machine  # noqa: F401 (the schema's parts)
-from options.yamlfile import YamlRefused, YamlSyntax, load_yaml, read_yaml_file, show_name, show_value
+from options.yamlfile import YamlRefused, YamlSyntax, holds_comment, load_yaml, read_yaml_file, show_name, show_value
 
 
 class OptionsError(ValueError):
@@ -47,6 +47,15 @@ def did_you_mean(name: str, valid: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
 
+def _fits_a_file_name(text: str) -> bool:
+    """Neither a NUL (os.stat raises ValueError) nor a surrogate that is no escaped byte (UnicodeEncodeError)."""
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text
+
+
 def _coerce(where: str, field: Field, value: Any) -> Any:
     """Type-check one value. YAML 1.1 reads `5e-4` as a string, so floats may arrive as text."""
     if value is None:
@@ -71,6 +80,9 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
         want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                 "path": "a path (a string)", "int_list": "a list of integers"}[kind]
         raise OptionsError(f"option '{where}' must be {want}, got {show_value(value)}")
+    if kind in ("str", "path") and not _fits_a_file_name(value):
+        raise OptionsError(f"option '{where}' must be text a file name can hold (no NUL character, no lone "
+                           f"surrogate), got {show_value(value)}")
     if kind == "float":
         try:
             number = float(value)
@@ -78,13 +90,15 @@ def _coerce(where: str, field: Field, value: Any) -> Any:
             number = math.inf
         if not math.isfinite(number):
             raise OptionsError(f"option '{where}' must be a finite number, got {show_value(value)}")
-        value = number
+        value = number + 0.0  # -0.0 is 0.0: a folder name shows it the same way
     if kind == "path":  # `~/x` means the home folder for every reader, not a folder named `~`
         value = os.path.expanduser(value)
     if field.choices and value not in field.choices:
         raise OptionsError(f"option '{where}' must be one of {', '.join(field.choices)}, got {show_value(value)}")
     if field.check and not field.check(value):
         raise OptionsError(f"option '{where}' {field.rule}, got {show_value(value)}")
+    if kind in ("int", "int_list") and not all(-2**63 <= v < 2**63 for v in (value if kind == "int_list" else [value])):
+        raise OptionsError(f"option '{where}' must fit in a 64-bit integer (torch's), got {show_value(value)}")
     return value
 
 
@@ -183,7 +197,8 @@ def build_options(given: dict[str, Any], overrides: Sequence[str] = (), schema: 
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`cocord.T=0.07 epochs=10` -> nested mapping; values are read as YAML (lists, null, true).
+    """`cocord.T=0.07 epochs=10` -> nested mapping; values are read as YAML (lists, null, true), but a value that is
+    not YAML, or that holds a YAML comment (`experiment_name=run #3`), is the text itself.
     A key given twice, or both as a section and inside it (`cocord=...` and `cocord.T=...`), is an error."""
     tree: dict[str, Any] = {}
     first: dict[str, str] = {}  # each key given so far -> the override that gave it
@@ -195,6 +210,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise OptionsError(f"override {shown} must look like key=value (e.g. cocord.T=0.07)")
         try:
             value = load_yaml(text) if text else None
+            if holds_comment(text):  # ' #' on a command line is part of the value, never a comment
+                value = text
         except YamlSyntax:
             value = text  # not YAML: the text itself, e.g. a path holding ': '
         except YamlRefused as err:

@@ -93,6 +93,20 @@ class _Loader(yaml.SafeLoader):
             reason = reason if len(reason) <= 60 else reason[:57] + "..."
             raise ConstructorError(None, None, f"cannot read this value ({reason})", node.start_mark) from None
 
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        """An integer, unless YAML 1.1 reads it otherwise than it reads: octal `010` (8), base 60 `1:30` (90)."""
+        value = super().construct_yaml_int(node)
+        digits = node.value.replace("_", "").lstrip("+-")
+        if ":" in digits or (digits[:1] == "0" and digits.isdigit() and int(digits) != abs(value)):
+            raise _misread(node, value, "octal" if ":" not in digits else "base 60")
+        return value
+
+    def construct_yaml_float(self, node: ScalarNode) -> float:
+        value = super().construct_yaml_float(node)
+        if ":" in node.value:  # 1:30.5 is 90.5
+            raise _misread(node, value, "base 60")
+        return value
+
     def check(self, node: Node) -> None:
         """Refuse a composed document that expands too far, refers to itself, or repeats a key."""
         self._size(node, 1, "", {}, set())
@@ -138,6 +152,16 @@ class _Loader(yaml.SafeLoader):
         return size
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+
+
+def _misread(node: Node, value: Any, kind: str) -> YamlRefused:
+    return YamlRefused(f"holds {show_value(node.value, 30)} (line {node.start_mark.line + 1}), which YAML 1.1 reads "
+                       f"as the {kind} number {show_value(value, 30)}: write the number meant in plain digits "
+                       "(quote it if it is text)")
+
+
 def _where(first: Node, second: Node) -> str:
     a, b = first.start_mark, second.start_mark
     if a.line != b.line:
@@ -177,6 +201,12 @@ def load_yaml(text: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def holds_comment(text: str) -> bool:
+    """Whether YAML `text` (valid) holds a comment: a '#' outside every token (`#3`, `run #3`)."""
+    spans = [(t.start_mark.index, t.end_mark.index) for t in yaml.scan(text, Loader=yaml.SafeLoader)]
+    return any(not any(a <= i < b for a, b in spans) for i, ch in enumerate(text) if ch == "#")
 
 
 def decode_text(data: bytes) -> str:
