@@ -100,10 +100,16 @@ def check_memory(method_cls: type[Distiller], opt: dict[str, Any], teacher_arch:
     on the meta device, which allocates nothing."""
     # A per-sample memory is sized by the training set, not read yet: the full dataset's size stands in for it.
     extra = {"train_labels": torch.arange(TRAIN_SIZE[opt["dataset"]]) % opt["n_cls"]} if method_cls.needs_index else {}
-    with torch.device("meta"):
-        student = build_model(opt["student_model"], opt["n_cls"])
-        teacher = build_model(teacher_arch, opt["n_cls"]) if teacher_arch else None
-        method = method_cls(student, teacher, opt, **extra)
+    try:
+        with torch.device("meta"):
+            student = build_model(opt["student_model"], opt["n_cls"])
+            teacher = build_model(teacher_arch, opt["n_cls"]) if teacher_arch else None
+            method = method_cls(student, teacher, opt, **extra)
+    except RuntimeError as err:  # a size whose tensor has more bytes than an index holds (e.g. hidden_dim=2**62)
+        if "overflow" not in str(err):
+            raise
+        raise OptionsError(f"these options ask for a tensor too large to exist ({str(err).splitlines()[0]}); "
+                           "lower the sizes in the options") from None
     sizes = {k: t.numel() * t.element_size() for k, t in method.checkpoint_state().items()}
     trained = sum(p.numel() * p.element_size() for p in method.trainable_parameters())
     step = method_cls.step_bytes(opt) * (trials if method_cls.stackable else 1)  # unstackable: one at a time

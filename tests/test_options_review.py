@@ -1,6 +1,7 @@
 """Options as a demanding user writes them: odd but legal YAML, --set forms, and the folder names they give.
 Cheap: build_options in-process; the one main.py run fails before torch is imported."""
 import pytest
+from conftest import ROOT
 from helpers import run_main
 
 from distiller import build_options, method_class
@@ -132,3 +133,26 @@ def test_a_lone_surrogate_is_refused(override):
 def test_bytes_a_command_line_could_not_decode_stay_a_path():
     """A non-UTF-8 byte in argv arrives as a surrogate escape (\\udce9 for 0xe9): it names the same file."""
     assert build_options({}, ["data_folder=d\udce9"])["data_folder"] == "d\udce9"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["data_folder", "path.teacher"])
+def test_a_path_read_with_a_name_too_long_is_one_line(tmp_path, key):
+    """Python 3.11's Path.exists raises ENAMETOOLONG: a traceback, after the teacher was loaded for data_folder."""
+    done = run_main(["-opt", str(ROOT / "options" / "demo_student.yml"), "--set", f"{key}={tmp_path / ('x' * 300)}"],
+                    tmp_path, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[0].startswith(f"error: {key}: the name") and "300 bytes" in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_size_too_large_for_any_tensor_is_refused():
+    """hidden_dim=2**62 passes the 64-bit check but no tensor of it can exist: the memory check's build on the meta
+    device raised 'Storage size calculation overflowed' (a traceback) before it could compare with memory."""
+    import torch
+
+    from engine.machine import check_memory
+    opt = build_options({"teacher_model": "resnet56"}, ["cocord.hidden_dim=4611686018427387904"])
+    with pytest.raises(OptionsError, match="too large to exist"):
+        check_memory(method_class("cocord"), opt, "resnet56", 1, torch.device("cpu"))
