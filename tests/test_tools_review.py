@@ -118,3 +118,15 @@ def test_evaluate_negative_workers_is_one_line_exit_2(tmp_path: Path, capsys: py
                                    str(tmp_path / "imagenet"), "--workers", "-1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --workers"), err
+
+
+@pytest.mark.parametrize("gpu", [-1, 2])
+def test_evaluate_refuses_a_gpu_index_outside_the_visible_ones(monkeypatch, gpu):
+    """--gpu -1 on a machine with GPUs went on to torch.device('cuda:-1'), a traceback (the device count is
+    torch's, faked: this machine has no GPU)."""
+    evaluate = _tool("evaluate")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(evaluate.UsageError, match=f"--gpu {gpu}: no such CUDA device"):
+        evaluate.pick_device(gpu, cpu=False)
+    assert evaluate.pick_device(1, cpu=False) == torch.device("cuda:1")

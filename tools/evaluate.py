@@ -73,7 +73,7 @@ def pick_architecture(path: str, n_cls: int | None, arch: str | None, n_cls_from
 def pick_device(gpu: int | None, cpu: bool) -> torch.device:
     if cpu or (gpu is None and not torch.cuda.is_available()):  # not asked: the first GPU if there is one
         return torch.device("cpu")
-    if gpu is not None and (not torch.cuda.is_available() or gpu >= torch.cuda.device_count()):
+    if gpu is not None and (not torch.cuda.is_available() or not 0 <= gpu < torch.cuda.device_count()):
         raise UsageError(f"--gpu {gpu}: no such CUDA device ({torch.cuda.device_count()} visible); use --cpu")
     return torch.device(f"cuda:{gpu or 0}")
 
