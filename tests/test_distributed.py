@@ -9,6 +9,8 @@ import torch
 from conftest import ROOT
 from helpers import TINY_COCORD_NAME, TINY_NAME, main_env, tiny_options, write_yaml
 
+from dataset import make_tiny_cifar
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 
 
@@ -120,8 +122,17 @@ def test_a_refusal_stops_every_process_and_a_resume_keeps_the_process_count(tmp_
     assert json.loads((trial / "results.json").read_text())["history"][-1]["epoch"] == 1
 
 
+@pytest.fixture(scope="module")
+def data32(tmp_path_factory) -> str:
+    """32 training images: two steps an epoch of 2 processes x 8 (the 100-image set cost every method's every
+    epoch seven)."""
+    folder = tmp_path_factory.mktemp("distributed") / "d32"
+    make_tiny_cifar(str(folder), n_train=32, n_test=16, num_classes=10, seed=0)
+    return str(folder)
+
+
 @pytest.mark.slow
-def test_every_baseline_trains_and_resumes_under_torchrun(tmp_path, tiny_cifar, tiny_teacher):
+def test_every_baseline_trains_and_resumes_under_torchrun(tmp_path, data32, tiny_teacher):
     """Each baseline for one epoch, then resumed to two, by 2 gloo processes (one launch runs them all, through
     main.main as main.py does): each finishes with both epochs and every process holding the same state (the
     trainer compares what each method declares replicated at every epoch's end and stops if it differs)."""
@@ -129,7 +140,7 @@ def test_every_baseline_trains_and_resumes_under_torchrun(tmp_path, tiny_cifar, 
     from test_methods_e2e import BASELINES, options
     cases = []
     for name in BASELINES:
-        opt = write_yaml(tmp_path / f"{name}.yml", {**options(name, tiny_cifar, tiny_teacher), "batch_size": 8,
+        opt = write_yaml(tmp_path / f"{name}.yml", {**options(name, data32, tiny_teacher), "batch_size": 8,
                                                     "experiment_name": name})
         cases += [["-opt", opt, "--set", "epochs=1"], ["-opt", opt, "--resume", "--set", "epochs=2"]]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
@@ -143,4 +154,4 @@ def test_every_baseline_trains_and_resumes_under_torchrun(tmp_path, tiny_cifar, 
     for name in BASELINES:
         results = json.loads((tmp_path / "experiments" / name / "trial_1" / "results.json").read_text())
         assert results["finished"] and [h["epoch"] for h in results["history"]] == [1, 2], name
-        assert results["history"][0]["images"] == 100, name  # both processes' halves of the 100 images
+        assert results["history"][0]["images"] == 32, name  # both processes' halves of the 32 images

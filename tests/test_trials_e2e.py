@@ -10,9 +10,20 @@ from conftest import ROOT
 from helpers import main_env, run_main, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, PUBLISHED_TAGS, scalars
 
+from dataset import make_tiny_cifar
+
 pytestmark = pytest.mark.slow
 
 KILLPOINT = ROOT / "tests" / "killpoint.py"
+
+
+@pytest.fixture(scope="module")
+def data32(tmp_path_factory) -> str:
+    """32 training images: two batches an epoch, so a trial's data order still spans batches (the 100-image set
+    cost each epoch of each trial here seven steps)."""
+    folder = tmp_path_factory.mktemp("trials_e2e") / "d32"
+    make_tiny_cifar(str(folder), n_train=32, n_test=16, num_classes=10, seed=0)
+    return str(folder)
 
 
 def run_killed_at(target: str, count: int, args: list[str], cwd) -> int:
@@ -26,10 +37,10 @@ def trial_dir(work, t: int, folder: str = COCORD_FOLDER):
     return work / "experiments" / folder / f"trial_{t}"
 
 
-def test_two_trials_write_two_complete_folders_and_equal_their_single_runs(tmp_path, tiny_cifar, tiny_teacher):
+def test_two_trials_write_two_complete_folders_and_equal_their_single_runs(tmp_path, data32, tiny_teacher):
     # A learning rate of ~0: nothing feeds back, so what a trial computes shows its initialisation, its data
     # order and its augmentation; a trial of the group must show its own seed's, as the same trial alone does.
-    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=2, learning_rate=1e-12,
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(data32, tiny_teacher, epochs=2, learning_rate=1e-12,
                                                         seed=3, experiment_name="lr0"))
     done = run_main(["-opt", opt, "-t", "1-2"], tmp_path)
     assert done.returncode == 0, done.stderr
@@ -60,9 +71,9 @@ def test_two_trials_write_two_complete_folders_and_equal_their_single_runs(tmp_p
     assert not torch.allclose(other["method"]["student.conv1.weight"], alone["method"]["student.conv1.weight"])
 
 
-def test_a_group_killed_between_two_trials_checkpoints_resumes_with_every_epoch_once(tmp_path, tiny_cifar,
+def test_a_group_killed_between_two_trials_checkpoints_resumes_with_every_epoch_once(tmp_path, data32,
                                                                                      tiny_teacher):
-    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=3, lr_decay_epochs=[2]))
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(data32, tiny_teacher, epochs=3, lr_decay_epochs=[2]))
     # Killed as trial 2 starts writing its epoch-2 checkpoint: trial 1 has saved epoch 2, trial 2 only epoch 1.
     code = run_killed_at("trial_2/model/checkpoint.pth.tmp", 2, ["-opt", opt, "-t", "1-2", "--quiet"], tmp_path)
     assert code == -9
@@ -78,8 +89,8 @@ def test_a_group_killed_between_two_trials_checkpoints_resumes_with_every_epoch_
             assert [step for step, _ in scalars(folder)[tag]] == [1, 2, 3], (t, tag)
 
 
-def test_a_diverging_trial_stops_and_the_others_finish(tmp_path, tiny_cifar, tiny_teacher):
-    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=1))
+def test_a_diverging_trial_stops_and_the_others_finish(tmp_path, data32, tiny_teacher):
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(data32, tiny_teacher, epochs=1))
     assert run_main(["-opt", opt, "-t", "1-2"], tmp_path).returncode == 0
     # Trial 2's weights become absurd (as if a step had exploded): its next epoch cannot stay finite.
     path = trial_dir(tmp_path, 2) / "model/checkpoint.pth"

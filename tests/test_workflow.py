@@ -11,6 +11,8 @@ from conftest import ROOT
 from helpers import TINY_COCORD_NAME, lines, run_main, save_random_teacher, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, tiny_cocord_run
 
+from dataset import make_tiny_cifar
+
 CPU_SPEED = {"loader": "torchvision", "cuda_graph": False, "compile": False, "channels_last": False,
              "streams": False, "amp": False}
 
@@ -20,9 +22,18 @@ def snapshot(trial) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, tiny_cifar, tiny_teacher):
+def data16(tmp_path_factory) -> str:
+    """16 training images: one step an epoch (what these runs record and refuse does not depend on the data's size;
+    each epoch of the 100-image set cost every run here seconds)."""
+    folder = tmp_path_factory.mktemp("workflow_data") / "d16"
+    make_tiny_cifar(str(folder), n_train=16, n_test=16, num_classes=10, seed=0)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data16, tiny_teacher):
     work = tmp_path_factory.mktemp("workflow")
-    return work, *tiny_cocord_run(work, tiny_cifar, tiny_teacher)
+    return work, *tiny_cocord_run(work, data16, tiny_teacher)
 
 
 @pytest.mark.slow
@@ -83,8 +94,8 @@ def test_an_ablation_does_not_replace_the_trial(first_run):
 
 
 @pytest.mark.slow
-def test_resume_keeps_the_run_as_it_was(tmp_path, tiny_cifar, tiny_teacher):
-    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, tiny_teacher, epochs=4, lr_decay_epochs=[3]))
+def test_resume_keeps_the_run_as_it_was(tmp_path, data16, tiny_teacher):
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(data16, tiny_teacher, epochs=4, lr_decay_epochs=[3]))
     trial = tmp_path / "experiments" / COCORD_FOLDER / "trial_1"
     done = run_main(["-opt", opt, "--set", "epochs=2", "lr_decay_epochs=[1]"], tmp_path)
     assert done.returncode == 0, done.stderr
@@ -119,8 +130,8 @@ def resnet14_teacher(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-def test_teacher_model_auto_is_the_checkpoint_architecture(tmp_path, tiny_cifar, resnet14_teacher):
-    opt = write_yaml(tmp_path / "opt.yml", tiny_options(tiny_cifar, resnet14_teacher, teacher_model="auto", epochs=1))
+def test_teacher_model_auto_is_the_checkpoint_architecture(tmp_path, data16, resnet14_teacher):
+    opt = write_yaml(tmp_path / "opt.yml", tiny_options(data16, resnet14_teacher, teacher_model="auto", epochs=1))
     done = run_main(["-opt", opt, "-trial", "2"], tmp_path)  # also the published code's spelling of -t
     assert done.returncode == 0, done.stderr
     folder = "S_resnet8_T_resnet14_cifar100_cocord_ctr1.0cls1.0p4.0" + TINY_COCORD_NAME
