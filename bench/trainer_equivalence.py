@@ -52,8 +52,8 @@ class Cast:
 
 
 def train(speed: Speed, folder: Path, pair: str, trials: int, device: torch.device, dtype: torch.dtype,
-          images: int, batch: int, epochs: int, seed: int = 0) -> list[TrialPaths]:
-    opt = options(pair, batch, SMALL_HEADS, epochs=epochs, lr_decay_epochs=[1], print_freq=2)
+          images: int, batch: int, epochs: int, heads: dict[str, int], seed: int = 0) -> list[TrialPaths]:
+    opt = options(pair, batch, heads, epochs=epochs, lr_decay_epochs=[1], print_freq=2)
     methods = make_methods(opt, trials, device, dtype, seed)
     fmt = torch.channels_last if speed.channels_last else torch.contiguous_format
     methods = [m.to(memory_format=fmt) for m in methods]
@@ -76,11 +76,13 @@ def train(speed: Speed, folder: Path, pair: str, trials: int, device: torch.devi
 
 
 def compare(pair: str = "resnet14:resnet8", trials: int = 1, device: str = "cpu", dtype: torch.dtype = torch.float64,
-            images: int = 200, batch: int = 64, epochs: int = 3, compile_: bool = True) -> dict[str, Any]:
+            images: int = 200, batch: int = 64, epochs: int = 3, compile_: bool = True,
+            heads: dict[str, int] = SMALL_HEADS) -> dict[str, Any]:
+    """`heads`: the CoCoRD sizes (a queue the run's keys wrap around)."""
     device = torch.device(device)
     fast = on_device(replace(VARIANTS["fast_compile"], compile=compile_), device)  # main.py's default
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {name: train(speed, Path(tmp) / name, pair, trials, device, dtype, images, batch, epochs)
+        runs = {name: train(speed, Path(tmp) / name, pair, trials, device, dtype, images, batch, epochs, heads)
                 for name, speed in (("eager", VARIANTS["eager_gpu"]), ("fast", fast))}
         worst: dict[str, float] = {}
         for a, b in zip(runs["fast"], runs["eager"]):

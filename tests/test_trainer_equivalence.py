@@ -11,17 +11,17 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-import trainer_equivalence  # noqa: E402
+from harness import SMALL_HEADS  # noqa: E402
 from trainer_equivalence import compare  # noqa: E402
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trials,images", [(1, 40), (2, 32)])  # one trial (its parts compiled, and a smaller
-def test_compiled_trainer_equals_eager_trainer(trials, images, monkeypatch):  # last batch), a group (its whole
+def test_compiled_trainer_equals_eager_trainer(trials, images):  # last batch), a group (its whole
     # step compiled). Batches of 16 (float64 convolutions on the CPU cost in proportion to the images), and a
     # queue of 64 keys, which the 120 (96) keys of three epochs still wrap around, as bench's 256 do at batch 64.
-    monkeypatch.setattr(trainer_equivalence, "SMALL_HEADS", {**trainer_equivalence.SMALL_HEADS, "key_size": 64})
-    result = compare("resnet8:resnet8", trials=trials, images=images, batch=16, epochs=3, compile_=True)
+    result = compare("resnet8:resnet8", trials=trials, images=images, batch=16, epochs=3, compile_=True,
+                     heads={**SMALL_HEADS, "key_size": 64})
     assert result["fast"]["compile"] and result["fast"]["channels_last"]
     assert result["finite"]
     assert result["max_state_rel_diff"] < 1e-10, result["worst_entry"]
