@@ -7,7 +7,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
 _TRIAL_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # ASCII digits only: int() would also take "１", "+1", "1_0"
 
@@ -36,23 +36,10 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (python main.py -h lists the arguments)\n")
 
 
-class _Once(argparse.Action):
-    """An argument that may be given once: a second -t would replace the first without a word (--set adds up)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        if getattr(namespace, self.dest) is not self.default:
-            hint = "; for several trials give one list (-t 1,2)" if self.dest == "trials" else ""
-            parser.error(f"{'/'.join(self.option_strings)} is given twice{hint}")
-        setattr(namespace, self.dest, values)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = _OneLineParser(description="CoCoRD distillation (and plain training) on CIFAR-100.")
-    parser.add_argument("-opt", required=True, action=_Once, metavar="FILE",
-                        help="YAML options file, e.g. options/train_student.yml")
-    parser.add_argument("-t", "--trial", "-trial", dest="trials", type=parse_trials, default=[1], action=_Once,
-                        metavar="TRIALS",
+    parser.add_argument("-opt", required=True, metavar="FILE", help="YAML options file, e.g. options/train_student.yml")
+    parser.add_argument("-t", "--trial", "-trial", dest="trials", type=parse_trials, default=[1], metavar="TRIALS",
                         help="trial number(s): 1, a range 1-5 or a list 1,3; several train together on one device, "
                              "each in its own .../trial_N folder")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

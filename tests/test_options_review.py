@@ -109,20 +109,6 @@ def test_an_integer_beyond_64_bits_is_refused(override):
     assert build_options({}, ["epochs=9223372036854775807"])["epochs"] == 2**63 - 1
 
 
-@pytest.mark.parametrize("argv,words", [(["-t", "1", "-t", "2"], "-t/--trial/-trial is given twice"),
-                                        (["-t", "1", "-trial", "2"], "given twice"),
-                                        (["-opt", "y.yml"], "-opt is given twice")])
-def test_trials_or_options_file_given_twice_are_refused(argv, words, capsys):
-    """`-t 1 -t 2` trained trial 2 alone and `-opt a -opt b` read b alone, without a word (--set adds up)."""
-    import main
-    with pytest.raises(SystemExit) as stop:
-        main.parse_args(["-opt", "x.yml", *argv])
-    assert stop.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], lines
-    assert main.parse_args(["-opt", "x.yml", "-t", "2-3", "--set", "a=1", "--set", "b=2"]).trials == [2, 3]
-
-
 @pytest.mark.parametrize("override", ['experiments_dir="e\\ud800"', 'path.resume="r\\udfff"'])
 def test_a_lone_surrogate_is_refused(override):
     """YAML's "\\ud800" makes a character no file name can hold: os.stat raised UnicodeEncodeError (a traceback)."""
