@@ -1,7 +1,12 @@
 """Shared test setup: the reference fixtures (tests/fixtures) and small real-format data and teachers."""
 import os
+import signal
 import sys
 from pathlib import Path
+
+# A shell starts a background command (`make test &`) with SIGINT ignored, and the processes the tests start would
+# inherit that: the Ctrl-C tests would find main.py deaf to Ctrl-C. Python's own handler is reset at their exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # pytest-xdist's workers share the cores: each gives torch its share of them (set before torch is imported), as
 # the processes the tests start take one thread each (helpers.main_env). More threads than cores spin and slow
@@ -25,6 +30,15 @@ def tiny_cifar(tmp_path_factory) -> str:
     from dataset import make_tiny_cifar
     folder = tmp_path_factory.mktemp("cifar")
     make_tiny_cifar(str(folder), n_train=100, n_test=40, num_classes=10, seed=0)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def data16(tmp_path_factory) -> str:
+    """16 training images: one step an epoch, for runs whose checks do not depend on the data's size."""
+    from dataset import make_tiny_cifar
+    folder = tmp_path_factory.mktemp("cifar16")
+    make_tiny_cifar(str(folder), n_train=16, n_test=16, num_classes=10, seed=0)
     return str(folder)
 
 
