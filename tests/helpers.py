@@ -9,6 +9,7 @@ import sys
 import zlib
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -107,6 +108,13 @@ def run_main(args: Sequence[str], cwd: str | os.PathLike[str], timeout: float = 
     env = main_env()
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def method_options(work: Path, data: str, teacher: str, distill: str, **extra: Any) -> str:
+    """A 1-epoch options file of a baseline on tiny data (no cocord section), written as work/<distill>.yml."""
+    opt = tiny_options(data, teacher, distill=distill, epochs=1, **extra)
+    del opt["cocord"]
+    return write_yaml(work / f"{distill}.yml", opt)
 
 
 def write_yaml(path: str | os.PathLike[str], options: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 FSP) says and does when its init stage fails, through main.py on tiny data (16 images: one step per epoch), and
 inputs a method cannot train on, refused in one line."""
 import pytest
-from helpers import run_main, tiny_options, write_yaml
+from helpers import method_options, run_main
 
 from dataset import make_tiny_cifar
 from distiller import build_options, method_class
@@ -10,25 +10,12 @@ from models import build_model
 from options.schema import OptionsError
 
 
-@pytest.fixture(scope="module")
-def data16(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("review") / "d16"
-    make_tiny_cifar(str(folder), n_train=16, n_test=16, num_classes=10, seed=0)
-    return str(folder)
-
-
-def options(work, data, teacher, distill, **extra):
-    opt = tiny_options(data, teacher, distill=distill, epochs=1, **extra)
-    del opt["cocord"]
-    return write_yaml(work / f"{distill}.yml", opt)
-
-
 @pytest.mark.slow
 def test_an_init_stage_that_diverges_stops_there_and_says_so(tmp_path, data16, tiny_teacher):
     """A learning rate that makes AB's init stage NaN stops the trial after that init epoch (not 30 epochs of NaN
     later), and the line blames the init stage and its learning rate, not 'before any update ... not the learning
     rate' of the main stage's first step."""
-    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 4}, learning_rate=1e30)
+    opt = method_options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 4}, learning_rate=1e30)
     done = run_main(["-opt", opt], tmp_path)
     assert done.returncode == 1, done.stderr
     line = done.stderr.strip().splitlines()[-1]  # init epoch 1's one step runs before any update
@@ -41,7 +28,7 @@ def test_an_init_stage_that_diverges_stops_there_and_says_so(tmp_path, data16, t
 def test_the_first_step_after_an_init_stage_is_not_said_to_be_before_any_update(tmp_path, data16, tiny_teacher):
     """The init stage's last update (one step per epoch here) is what makes the main stage's first step NaN: the
     line says to lower learning_rate, not that the learning rate cannot be the cause."""
-    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 1}, learning_rate=1e30)
+    opt = method_options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 1}, learning_rate=1e30)
     done = run_main(["-opt", opt], tmp_path)
     assert done.returncode == 1, done.stderr
     line = done.stderr.strip().splitlines()[-1]
@@ -54,7 +41,7 @@ def test_crd_on_a_training_set_of_one_class_is_one_line(tmp_path, tiny_teacher):
     line, exit status 2 (it was a ValueError's traceback, exit status 1)."""
     data = tmp_path / "one_class"
     make_tiny_cifar(str(data), n_train=16, n_test=8, num_classes=1, seed=0)
-    done = run_main(["-opt", options(tmp_path, str(data), tiny_teacher, "crd")], tmp_path)
+    done = run_main(["-opt", method_options(tmp_path, str(data), tiny_teacher, "crd")], tmp_path)
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert "\n" not in line and line.startswith("error: ") and "two classes" in line, done.stderr

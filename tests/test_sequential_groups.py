@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from helpers import main_env, run_main, tiny_options, write_yaml
+from helpers import main_env, method_options, run_main
 from test_train_e2e import scalars
 
 from dataset import make_tiny_cifar
@@ -18,17 +18,6 @@ pytestmark = pytest.mark.slow
 KILLPOINT = str(ROOT / "tests" / "killpoint.py")
 
 
-@pytest.fixture(scope="module")
-def data16(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sequential") / "d16"
-    make_tiny_cifar(str(folder), n_train=16, n_test=16, num_classes=10, seed=0)
-    return str(folder)
-
-
-def options(work, data, teacher, distill, **extra):
-    opt = tiny_options(data, teacher, distill=distill, epochs=1, **extra)
-    del opt["cocord"]
-    return write_yaml(work / f"{distill}.yml", opt)
 
 
 def killed_at(suffix, nth, args, cwd):
@@ -42,7 +31,7 @@ def test_a_trial_killed_after_its_init_stage_logs_it_once_after_the_resume(tmp_p
     """SIGKILL in trial 2's first epoch, after its init stage and first epoch were logged but before its checkpoint:
     the resume trains it again from the start, and TensorBoard holds each of its steps once (the init stage's
     steps, <= 0, too)."""
-    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 2})
+    opt = method_options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 2})
     killed_at("trial_2/model/checkpoint.pth.tmp", 1, ["-opt", opt, "-t", "1-2", "--quiet"], tmp_path)
     trial_2 = next((tmp_path / "experiments").glob("*/trial_2"))
     assert [s for s, _ in scalars(trial_2)["loss_init/total"]] == [-1, 0]  # logged before the kill
@@ -57,7 +46,7 @@ def test_a_trial_killed_after_its_init_stage_logs_it_once_after_the_resume(tmp_p
 def test_crd_resumed_on_a_training_set_of_another_size_is_one_line(tmp_path, data16, tiny_teacher):
     """CRD's memory holds one row per training image: a resume under a data_folder whose training set has another
     size is refused in one line that says so (not a state_dict size mismatch), and nothing is written."""
-    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    opt = method_options(tmp_path, data16, tiny_teacher, "crd")
     assert run_main(["-opt", opt, "--quiet"], tmp_path).returncode == 0
     other = tmp_path / "d24"
     make_tiny_cifar(str(other), n_train=24, n_test=16, num_classes=10, seed=0)
@@ -74,7 +63,7 @@ def test_crd_resumed_on_a_training_set_of_another_size_is_one_line(tmp_path, dat
 def test_every_trial_of_a_sequential_group_diverging_says_what_to_do_once(tmp_path, data16, tiny_teacher):
     """Each trial's line says why it stopped and that the others go on; the last line says every trial stopped
     and, once, what to do (as a stacked group's does); exit status 1."""
-    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    opt = method_options(tmp_path, data16, tiny_teacher, "crd")
     done = run_main(["-opt", opt, "-t", "1-3", "--set", "learning_rate=1e30"], tmp_path)
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()
@@ -87,7 +76,7 @@ def test_a_resume_lowers_the_learning_rate_a_run_was_started_with(tmp_path, data
     """What a diverging run is told to do: a group started with --set learning_rate=X (its folder is named by it)
     resumes with --resume --set learning_rate=<lower>, in its own folder; if two runs differ only in it, the
     resume is refused in one line that names them and says how to choose."""
-    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    opt = method_options(tmp_path, data16, tiny_teacher, "crd")
     started = run_main(["-opt", opt, "-t", "1-2", "--set", "learning_rate=0.2", "--quiet"], tmp_path)
     assert started.returncode == 0, started.stderr
     (folder,) = (tmp_path / "experiments").iterdir()
@@ -109,7 +98,7 @@ def test_a_resume_lowers_the_learning_rate_a_run_was_started_with(tmp_path, data
 def test_a_resume_changes_nothing_of_a_trial_it_does_not_train(tmp_path, data16, tiny_teacher):
     """A group resumed with a new learning rate trains the trial that has epochs left with it; the trial that has
     trained all its epochs keeps the record of what it trained with (options.yml, its checkpoint's options)."""
-    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    opt = method_options(tmp_path, data16, tiny_teacher, "crd")
     for args in (["-t", "1", "--set", "epochs=2"], ["-t", "2"]):
         assert run_main(["-opt", opt, *args, "--quiet"], tmp_path).returncode == 0
     done = run_main(["-opt", opt, "-t", "1-2", "--resume", "--set", "epochs=2", "learning_rate=0.01"], tmp_path)
@@ -126,7 +115,7 @@ def test_a_resume_of_a_run_killed_in_its_first_epoch_says_it_never_finished_one(
     """SIGKILL in the first epoch (after the init stage) of a run started with --set of a kept option: the
     resume's refusal says the first epoch never finished and how to start again; it does not blame the --set,
     which named the right folder."""
-    opt = options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 1})
+    opt = method_options(tmp_path, data16, tiny_teacher, "abound", abound={"init_epochs": 1})
     run = ["-opt", opt, "--set", "abound.init_epochs=2", "--quiet"]
     killed_at("trial_1/model/checkpoint.pth.tmp", 1, run, tmp_path)
     done = run_main(run + ["--resume"], tmp_path)
@@ -138,7 +127,7 @@ def test_a_resume_of_a_run_killed_in_its_first_epoch_says_it_never_finished_one(
 def test_each_trial_of_a_sequential_group_logs_only_its_own_epochs(tmp_path, data16, tiny_teacher):
     """Trials trained one after another in one process: the console shows every trial's epoch lines, and each
     trial's train.log holds its own alone (it once received the other trials' too)."""
-    opt = options(tmp_path, data16, tiny_teacher, "crd")
+    opt = method_options(tmp_path, data16, tiny_teacher, "crd")
     done = run_main(["-opt", opt, "-t", "1-2"], tmp_path)
     assert done.returncode == 0, done.stderr
     folder = next((tmp_path / "experiments").iterdir())

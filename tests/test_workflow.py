@@ -11,8 +11,6 @@ from conftest import ROOT
 from helpers import TINY_COCORD_NAME, lines, run_main, save_random_teacher, tiny_options, write_yaml
 from test_train_e2e import COCORD_FOLDER, tiny_cocord_run
 
-from dataset import make_tiny_cifar
-
 CPU_SPEED = {"loader": "torchvision", "cuda_graph": False, "compile": False, "channels_last": False,
              "streams": False, "amp": False}
 
@@ -20,14 +18,6 @@ CPU_SPEED = {"loader": "torchvision", "cuda_graph": False, "compile": False, "ch
 def snapshot(trial) -> dict[str, bytes]:
     return {str(p.relative_to(trial)): p.read_bytes() for p in sorted(trial.rglob("*")) if p.is_file()}
 
-
-@pytest.fixture(scope="module")
-def data16(tmp_path_factory) -> str:
-    """16 training images: one step an epoch (what these runs record and refuse does not depend on the data's size;
-    each epoch of the 100-image set cost every run here seconds)."""
-    folder = tmp_path_factory.mktemp("workflow_data") / "d16"
-    make_tiny_cifar(str(folder), n_train=16, n_test=16, num_classes=10, seed=0)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
