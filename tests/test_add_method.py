@@ -93,15 +93,15 @@ def main(copy: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def toy_options(copy, tmp_path_factory, tiny_cifar, tiny_teacher) -> tuple[str, Path]:
+def toy_options(copy, tmp_path_factory, data16, tiny_teacher) -> tuple[str, Path]:
     work = tmp_path_factory.mktemp("toy_work")  # options and runs outside the copy: its tree stays the code only
-    options = tiny_options(tiny_cifar, tiny_teacher, distill="toy", experiments_dir=str(work / "experiments"))
+    options = tiny_options(data16, tiny_teacher, distill="toy", experiments_dir=str(work / "experiments"))
     del options["cocord"]
     return write_yaml(work / "toy.yml", options), work / "experiments"
 
 
 @pytest.mark.slow
-def test_a_new_method_is_one_file(copy, toy_options, tiny_cifar, tiny_teacher):
+def test_a_new_method_is_one_file(copy, toy_options):
     opt, experiments = toy_options
     trial = experiments / FOLDER / "trial_1"
 
@@ -164,4 +164,4 @@ def test_a_new_method_runs_under_torchrun(copy, toy_options):
     trial = ddp / FOLDER.replace("batch_size16", "batch_size8") / "trial_1"  # its folder says its batch
     tags = scalars(trial)
     assert [step for step, _ in tags["loss_train/smooth"]] == [1]
-    assert json.loads((trial / "results.json").read_text())["history"][0]["images"] == 100  # both ranks' halves
+    assert json.loads((trial / "results.json").read_text())["history"][0]["images"] == 16  # both ranks' halves
