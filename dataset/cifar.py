@@ -7,6 +7,7 @@ which generated test data cannot pass; its download helper is used for downloadi
 """
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def _download(data_root: Path, folder: Path) -> None:
     from torchvision.datasets import CIFAR100
     from torchvision.datasets.utils import download_and_extract_archive
 
-    created = not data_root.exists()
+    created = not os.path.exists(data_root)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(60)  # torchvision sets none: a silent network would hang the run forever
     try:
@@ -131,9 +132,9 @@ def _download(data_root: Path, folder: Path) -> None:
         download_and_extract_archive(CIFAR100.url, str(data_root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
     except Exception as err:  # network down, refused, corrupted archive...: one actionable line
         partial = data_root / CIFAR100.filename
-        if partial.is_file() and not folder.exists():
+        if os.path.isfile(partial) and not os.path.exists(folder):
             partial.unlink()
-        if created and data_root.is_dir() and not any(data_root.iterdir()):
+        if created and os.path.isdir(data_root) and not any(data_root.iterdir()):
             data_root.rmdir()  # leave nothing behind from a failed attempt
         reason = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"could not download CIFAR-100 ({reason}); put the '{CIFAR_FOLDER}' folder at {folder} "
@@ -148,7 +149,9 @@ def load_cifar100(data_folder: str, download: bool = False) -> CifarArrays:
     """Load `<data_folder>/cifar-100-python/{train,test,meta}`; download it first if asked and absent."""
     data_root = Path(data_folder).expanduser()
     folder = data_root / CIFAR_FOLDER
-    if not folder.is_dir():
+    # os.path's tests answer False where pathlib's raise (a name longer than the file system takes, a folder it
+    # may not search): such a folder is not found, in one line.
+    if not os.path.isdir(folder):
         if not download:
             from torchvision.datasets import CIFAR100
 
@@ -156,7 +159,7 @@ def load_cifar100(data_folder: str, download: bool = False) -> CifarArrays:
                             f"(unpack {CIFAR100.url} there), or allow the download")
         _download(data_root, folder)
     for name in ("train", "test", "meta"):
-        if not (folder / name).is_file():
+        if not os.path.isfile(folder / name):
             raise DataError(f"{folder} has no '{name}' file; it should hold train, test and meta")
     classes = _read_classes(folder / "meta")
     train_images, train_labels = _read_split(folder / "train", len(classes))

@@ -2,6 +2,7 @@
 ImageNet recipe, on PIL images in the loader's workers)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ class _TrainFolder(datasets.ImageFolder):
 
 
 def _image_folder(root: Path, transform: Callable, kind: type = datasets.ImageFolder) -> datasets.ImageFolder:
-    if not root.is_dir():
+    if not os.path.isdir(root):  # False, not an error, for a name the file system cannot hold
         raise DataError(f"ImageNet folder not found: expected {root} with one sub-folder of images per class")
     try:
         return kind(str(root), transform=transform)

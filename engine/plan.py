@@ -122,13 +122,7 @@ def _processes(n: int) -> str:
 
 
 def _check_name_lengths(opt: dict[str, Any], method_cls: type[Distiller], cmd: Command) -> None:
-    """The trial folders' names fit the file system, and so do the paths read (checked first: a name too long fails
-    even a look at it)."""
-    read = {"data_folder": opt["data_folder"], "path.teacher": opt["path"]["teacher"] if method_cls.needs_teacher
-            else None}
-    for what, path in read.items():
-        if path:
-            check_name_lengths(Path(path), what, f"give the path of the {what.removeprefix('path.')}")
+    """The trial folders' names fit the file system (checked first: a name too long fails even a look at it)."""
     if opt["path"]["resume"]:
         check_name_lengths(Path(opt["path"]["resume"]), "path.resume", "give the path of an existing trial folder")
         return

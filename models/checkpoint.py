@@ -104,9 +104,11 @@ def _open_regular_file(path: Path) -> BinaryIO:
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The model state_dict in a CRD (`model`), CoCoRD (`s_model_dict`) or bare checkpoint, on the CPU."""
     path = Path(path)
-    if not path.exists():
+    # os.path's tests answer False where pathlib's raise (a name longer than the file system takes, a folder it
+    # may not search): such a path is one line, as a missing one is.
+    if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist; to get a teacher, {HOW_TO_GET_TEACHERS}")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a directory; point at the .pth file inside it")
     head = b""
     try:

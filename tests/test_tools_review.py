@@ -130,3 +130,18 @@ def test_evaluate_refuses_a_gpu_index_outside_the_visible_ones(monkeypatch, gpu)
     with pytest.raises(evaluate.UsageError, match=f"--gpu {gpu}: no such CUDA device"):
         evaluate.pick_device(gpu, cpu=False)
     assert evaluate.pick_device(1, cpu=False) == torch.device("cuda:1")
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "data_folder"])
+def test_evaluate_a_name_too_long_is_one_line_exit_2(tmp_path, capsys, where):
+    """Python 3.11's Path.exists and is_dir raise ENAMETOOLONG: a checkpoint path or --data-folder holding a 300-byte
+    name was a traceback, exit status 1."""
+    evaluate = _tool("evaluate")
+    long = tmp_path / ("x" * 300)
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save({"model": build_model("resnet8", 10).state_dict()}, checkpoint)
+    args, words = ([str(long / "a.pth")], "does not exist") if where == "checkpoint" else \
+        ([str(checkpoint), "--data-folder", str(long)], "CIFAR-100 not found")
+    assert evaluate.main([*args, "--cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ") and words in err, err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,7 +42,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     given = {"data_folder": args.data_folder, "dataset": args.dataset, "n_cls": args.n_cls}
     folder = Path(args.checkpoint).resolve().parent
     options = folder.parent / "options.yml" if folder.name == "model" else folder / "options.yml"
-    if all(v is not None for v in given.values()) or not options.is_file():
+    if all(v is not None for v in given.values()) or not os.path.isfile(options):
         return {k: DEFAULTS[k] if v is None else v for k, v in given.items()} | {"source": None}
     try:
         run = read_trial_options(options)
@@ -97,7 +98,7 @@ def load_test_batches(dataset: str, folder: str, batch_size: int, device: torch.
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     path = args.checkpoint
-    if not Path(path).exists():
+    if not os.path.exists(path):  # os.path: False, not an error, for a name the file system cannot hold
         raise UsageError(f"checkpoint {path} does not exist; give a .pth file, e.g. "
                          "experiments/<experiment>/trial_1/model/best.pth")
     data = run_settings(args)
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     origin = "--data-folder" if args.data_folder is not None else \
         f"the data_folder of {data['source']}" if data["source"] else "the default"
     folder = data["data_folder"]
-    if data["dataset"] == "cifar100" and not (Path(folder).expanduser() / CIFAR_FOLDER).is_dir():
+    if data["dataset"] == "cifar100" and not os.path.isdir(Path(folder).expanduser() / CIFAR_FOLDER):
         raise UsageError(f"CIFAR-100 not found: no {CIFAR_FOLDER}/ folder in {folder} ({origin}); give "
                          f"--data-folder the folder that holds {CIFAR_FOLDER}/")
     batches, count = load_test_batches(data["dataset"], folder, args.batch_size, device, n_cls, args.workers)
