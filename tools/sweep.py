@@ -33,7 +33,7 @@ from sweeping.clusters import (
 )
 from sweeping.columns import SweepError, build_columns, check_columns
 from sweeping.folder import MAIN, Sweep, create, find_sweep, plan_record
-from sweeping.status import RESUBMITTABLE, shown, status_lines, submitter_alive, sweep_status
+from sweeping.status import RESUBMITTABLE, job_cluster, shown, status_lines, submitter_alive, sweep_status
 
 SWEEPS_DIR = "experiments/sweeps"
 
@@ -198,8 +198,8 @@ def resubmit(args: argparse.Namespace) -> int:
         raise SweepError(f"the sweep still runs in process {submitter['pid']} on {submitter['host']}; resubmit "
                          "after it ends (or stop it with Ctrl-C)")
     statuses = sweep_status(sweep, record)
-    for column in record["columns"]:  # where each column's latest job runs, which status asks when this is another
-        column.setdefault("cluster", record["cluster"])
+    for column in record["columns"]:  # recorded before the sweep's cluster changes: status asks each column's own
+        column["cluster"] = job_cluster(record, column)
     record["cluster"] = args.cluster or record["cluster"]
     record["settings"] = _settings(args, record["settings"], record["cluster"])
     again = [c for c, s in zip(record["columns"], statuses) if s.state in RESUBMITTABLE]

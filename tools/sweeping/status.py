@@ -55,13 +55,19 @@ def submitter_alive(record: dict[str, Any]) -> bool:
     return bool(submitter) and pid_alive(submitter.get("pid"), submitter.get("host")) is not False
 
 
+def job_cluster(record: dict[str, Any], column: dict[str, Any]) -> str:
+    """The cluster of the column's latest job (a resubmit may use another; a sweep.json older than that: the
+    sweep's)."""
+    return column.get("cluster", record["cluster"])
+
+
 def slurm_states(sweep: Sweep, record: dict[str, Any]) -> dict[str, str]:
     """sacct's state of each column's latest Slurm job (one sacct call for all), {} where Slurm cannot be asked."""
     if shutil.which("sacct") is None:
         return {}
     # Every job is registered with submitit's watcher before the first query, which then asks about them all.
     jobs = [submitit.SlurmJob(folder=sweep.logs, job_id=c["jobs"][-1]) for c in record["columns"]
-            if c["jobs"] and c.get("cluster", record["cluster"]) == "slurm"]
+            if c["jobs"] and job_cluster(record, c) == "slurm"]
     try:
         return {job.job_id: job.state for job in jobs}
     except Exception:  # noqa: BLE001 - sacct unreachable or unreadable: say nothing rather than guess
@@ -72,7 +78,7 @@ def _job_alive(record: dict[str, Any], column: dict[str, Any], state: dict[str, 
                slurm: dict[str, str]) -> bool | None:
     """Whether the column's latest job can still run or is running (None: cannot tell from here), asked of the
     cluster it was submitted to (a resubmit may use another)."""
-    job_id, cluster = column["jobs"][-1], column.get("cluster", record["cluster"])
+    job_id, cluster = column["jobs"][-1], job_cluster(record, column)
     if cluster == "slurm":
         known = slurm.get(job_id, "UNKNOWN")
         return None if known == "UNKNOWN" else known.split()[0] in SLURM_ALIVE
