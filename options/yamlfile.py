@@ -205,6 +205,8 @@ def load_yaml(text: str) -> Any:
 
 def holds_comment(text: str) -> bool:
     """Whether YAML `text` (valid) holds a comment: a '#' outside every token (`#3`, `run #3`)."""
+    if "#" not in text:  # every --set value is asked: most hold none, and need no second scan
+        return False
     spans = [(t.start_mark.index, t.end_mark.index) for t in yaml.scan(text, Loader=yaml.SafeLoader)]
     return any(not any(a <= i < b for a, b in spans) for i, ch in enumerate(text) if ch == "#")
 

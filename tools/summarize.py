@@ -118,7 +118,7 @@ def _distinct(members: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     kept: dict[Any, dict[str, Any]] = {}
     repeats = []
     for r in sorted(members, key=lambda r: (r["status"] != "finished", -(r["last_epoch"] or 0), r["path"])):
-        key = r.get("seed") if r.get("seed") is not None else r["path"]  # no seed recorded: cannot tell
+        key = r["path"] if r["seed"] is None else r["seed"]  # no seed recorded: cannot tell
         if key in kept:
             repeats.append({"name": r["name"], "same_as": kept[key]["name"], "seed": r["seed"]})
         else:
